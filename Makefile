@@ -1,0 +1,48 @@
+# The two commands a new user needs: `make demo` and `make test`. Both set up .venv first.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= runs/demo
+DEMO_SUITE ?= mt3
+DEMO_EPISODES ?= 10
+# Extras installed by setup. `gpu` (TensorRT) is added only where an NVIDIA driver is present:
+# its wheels are fetched from NVIDIA's own index, which CPU-only CI machines cannot reach.
+EXTRAS ?= ros,lerobot,dev$(shell command -v nvidia-smi >/dev/null 2>&1 && echo ,gpu)
+APT_PACKAGES := libegl1 libgl1-mesa-dri libegl-mesa0 libosmesa6
+
+.PHONY: setup system-deps demo test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory system-deps
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --progress-bar off -e ".[$(EXTRAS)]"
+	@touch $(STAMP)
+
+# Headless MuJoCo rendering (EGL, with OSMesa as the fallback). Installs only what is missing.
+system-deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages for headless rendering: $$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+demo: setup
+	$(BIN)/mt-policy demo --suite $(DEMO_SUITE) --episodes $(DEMO_EPISODES) --out $(DEMO_DIR)
+
+test: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+
+bench: setup
+	$(BIN)/python bench/collect.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,1 @@
+"""Deploy stage: ONNX/TensorRT export and `PolicyRuntime` (arrives with the export issue)."""

@@ -1,0 +1,169 @@
+"""The `mt-policy` command. Each subcommand imports its stage lazily, so `--help` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mt_policy.errors import MtPolicyError
+
+
+def _add_task_selection(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--suite", help="task suite: mt3, mt10, mt50 or one from --suite-file (default mt3)")
+    group.add_argument("--tasks", help="comma-separated task names instead of a suite")
+    p.add_argument("--suite-file", type=Path, help="YAML file defining more suites")
+
+
+def _add_observation(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cameras", default="corner2", help="comma-separated camera names; 'none' for state-only (default corner2)")
+    p.add_argument("--image-size", type=int, default=96, help="square image size in pixels (default 96)")
+    p.add_argument("--proprio", choices=("agent_pos", "full_state"), default="agent_pos",
+                   help="proprio vector: hand xyz + gripper (4-D) or the full state (default agent_pos)")
+    p.add_argument("--render-quality", choices=("fast", "full"), default="fast",
+                   help="fast: no shadows/reflections/skybox (~5x cheaper); full: MuJoCo defaults as LeRobot")
+
+
+def _add_collect_options(p: argparse.ArgumentParser) -> None:
+    _add_task_selection(p)
+    _add_observation(p)
+    p.add_argument("--episodes", type=int, default=10, help="demos per task to have in each store (default 10)")
+    p.add_argument("--out", type=Path, required=True, help="directory for the stores, one <task>.zarr per task")
+    p.add_argument("--workers", type=int, default=2, help="parallel rollout processes (default 2)")
+    p.add_argument("--keep", choices=("success", "all"), default="success", help="which episodes to store (default success)")
+    p.add_argument("--attempts-factor", type=float, default=3.0, help="give up on a task after this many attempts per missing demo")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mt-policy", description="Multitask robot policies: collect, inspect, train, eval, export.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("collect", help="roll out scripted experts into one zarr demo store per task")
+    _add_collect_options(p)
+
+    p = sub.add_parser("inspect", help="summarise (and validate) demo stores")
+    p.add_argument("stores", nargs="+", type=Path)
+    p.add_argument("--validate", action="store_true", help="read every chunk and check every invariant")
+    p.add_argument("--sample-grid", type=Path, metavar="PNG", help="write a grid of frames from a few episodes")
+    p.add_argument("--json", action="store_true", help="print summaries as JSON")
+
+    p = sub.add_parser("list", help="list registered tasks or suites")
+    p.add_argument("what", choices=("tasks", "suites"))
+    p.add_argument("--suite-file", type=Path, help="YAML file defining more suites")
+
+    p = sub.add_parser("demo", help="the end-to-end demo on a small default (what `make demo` runs)")
+    _add_collect_options(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"collect": cmd_collect, "inspect": cmd_inspect, "list": cmd_list, "demo": cmd_demo}[args.command](args)
+    except MtPolicyError as err:
+        print(f"mt-policy {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _tasks_from_args(args: argparse.Namespace) -> list:
+    from sim.suites import load_suite_file, resolve_tasks
+
+    if args.suite_file:
+        load_suite_file(args.suite_file)
+    if args.suite is None and args.tasks is None:
+        args.suite = "mt3"
+    return resolve_tasks(args.suite, args.tasks)
+
+
+def _obs_from_args(args: argparse.Namespace):
+    from sim.tasks import ObservationConfig
+
+    cams = () if args.cameras.strip().lower() in ("", "none") else tuple(c.strip() for c in args.cameras.split(","))
+    return ObservationConfig(cams, (args.image_size, args.image_size), args.proprio, args.render_quality)
+
+
+def _run_collect(args: argparse.Namespace):
+    from sim.collect import collect
+
+    tasks = _tasks_from_args(args)
+    report = collect(tasks, args.episodes, args.out, _obs_from_args(args), workers=args.workers, keep=args.keep,
+                     attempts_factor=args.attempts_factor, progress=not args.no_progress)
+    print(f"\n{'task':32s} {'kept':>5s} {'rejected':>8s}  store")
+    for name, path in report.stores.items():
+        print(f"{name:32s} {report.kept[name]:5d} {report.rejected[name]:8d}  {path}")
+    print(f"{report.frames} new frames in {report.wall_seconds:.1f} s ({report.frames_per_second:.0f} frames/s, "
+          f"store writes {report.write_share:.1%} of the time)")
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if report.interrupted:
+        print("interrupted: the stores hold every finished episode; run the same command again to resume", file=sys.stderr)
+    return report
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    report = _run_collect(args)
+    return 130 if report.interrupted else 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from mt_policy.demo_store import DemoStore
+    from mt_policy.inspect_store import format_summary, sample_grid
+
+    stores, summaries, failed = [], [], 0
+    for path in args.stores:
+        try:
+            store = DemoStore.open(path)
+            if args.validate:
+                store.validate()
+        except MtPolicyError as err:
+            print(f"INVALID {err}", file=sys.stderr)
+            failed += 1
+            continue
+        stores.append(store)
+        summaries.append(store.summary() | ({"validated": True} if args.validate else {}))
+    if args.json:
+        print(json.dumps(summaries, indent=2))
+    else:
+        for summary in summaries:
+            print(format_summary(summary) + ("\n  valid        yes (every chunk read, every invariant checked)" if args.validate else ""))
+    if args.sample_grid and stores:
+        print(f"sample grid: {sample_grid(stores, args.sample_grid)}")
+    if failed:
+        print(f"{failed} of {len(args.stores)} stores failed", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from sim.suites import get_suite, load_suite_file, suite_names
+    from sim.tasks import get_task, task_names
+
+    if args.suite_file:
+        load_suite_file(args.suite_file)
+    if args.what == "tasks":
+        for name in task_names():
+            spec = get_task(name)
+            print(f"{name:30s} {spec.difficulty:10s} {spec.description}")
+    else:
+        for name in suite_names():
+            print(f"{name:8s} {', '.join(t.name for t in get_suite(name))}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    print(f"== collect: {args.episodes} scripted demos per task -> {args.out}")
+    report = _run_collect(args)
+    if report.interrupted:
+        return 130
+    print("\n== inspect --validate")
+    grid = args.out / "sample_grid.png"
+    code = cmd_inspect(argparse.Namespace(stores=list(report.stores.values()), validate=True, sample_grid=grid, json=False))
+    print(f"\ndemo stores: {args.out.resolve()}\nsample frames: {grid.resolve()}")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""Scripted-expert demo collection: worker processes roll out episodes, the parent writes the stores.
+
+One writer per store (this process) keeps zarr writes simple and atomic; workers only simulate and
+render. Seeds come from `DEMO_SEEDS`, lowest unused first, so a re-run resumes where the stores
+stand. Ctrl-C, SIGTERM or a killed worker loses at most the episodes in flight.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mt_policy.demo_store import DemoStore
+from mt_policy.errors import MtPolicyError
+from mt_policy.seeds import DEMO_SEEDS
+from sim.tasks import ObservationConfig, TaskSpec, get_task
+
+KEEP_CHOICES = ("success", "all")
+MAX_POOL_RESTARTS = 3
+
+
+@dataclass
+class RolloutResult:
+    task: str
+    seed: int
+    success: bool
+    arrays: dict[str, np.ndarray]
+    seconds: float
+
+    @property
+    def length(self) -> int:
+        return len(self.arrays["action"])
+
+
+def rollout(env: Any, seed: int, max_steps: int) -> tuple[dict[str, np.ndarray], bool]:
+    """Run the env's scripted expert from `reset(seed)` until success or `max_steps`.
+
+    Frame t holds the observation and the action taken from it; the episode ends on the step that
+    reports success (that action is the last frame).
+    """
+    obs = env.reset(seed)
+    frames: dict[str, list[np.ndarray]] = {key: [] for key in obs}
+    frames["action"] = []
+    success = False
+    for _ in range(max_steps):
+        action = env.expert_action()
+        for key, value in obs.items():
+            frames[key].append(value)
+        frames["action"].append(action)
+        step = env.step(action)
+        obs = step.obs
+        if step.success:
+            success = True
+            break
+        if step.truncated:
+            break
+    return {key: np.stack(values) for key, values in frames.items()}, success
+
+
+_WORKER_ENVS: dict[tuple[str, ObservationConfig], Any] = {}
+
+
+def _worker_init() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+
+
+def _worker_rollout(task: str, obs_config: ObservationConfig, seed: int, max_steps: int) -> RolloutResult:
+    start = time.perf_counter()
+    env = _WORKER_ENVS.get((task, obs_config))
+    if env is None:
+        env = _WORKER_ENVS[(task, obs_config)] = get_task(task).make_env(obs_config)
+    arrays, success = rollout(env, seed, max_steps)
+    return RolloutResult(task, seed, success, arrays, time.perf_counter() - start)
+
+
+@dataclass
+class TaskProgress:
+    spec: TaskSpec
+    store: DemoStore
+    target: int
+    seeds: Iterator[int]
+    attempts_left: int
+    kept: int = 0
+    rejected: int = 0
+    frames: int = 0
+    exhausted: bool = False
+
+    @property
+    def remaining(self) -> int:
+        return self.target - self.store.n_episodes
+
+
+@dataclass
+class CollectReport:
+    out_dir: Path
+    stores: dict[str, Path]
+    kept: dict[str, int]
+    rejected: dict[str, int]
+    frames: int
+    wall_seconds: float
+    write_seconds: float
+    rollout_seconds: float
+    interrupted: bool = False
+    rejected_total: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames / self.wall_seconds if self.wall_seconds else 0.0
+
+    @property
+    def write_share(self) -> float:
+        return self.write_seconds / self.wall_seconds if self.wall_seconds else 0.0
+
+
+def store_path(out_dir: Path, task: str) -> Path:
+    return out_dir / f"{task}.zarr"
+
+
+def collect(
+    tasks: list[TaskSpec],
+    episodes: int,
+    out_dir: str | Path,
+    obs_config: ObservationConfig = ObservationConfig(),
+    *,
+    workers: int = 2,
+    keep: str = "success",
+    attempts_factor: float = 3.0,
+    max_steps: int | None = None,
+    progress: bool = True,
+) -> CollectReport:
+    """Fill `out_dir/<task>.zarr` with `episodes` demos per task, resuming whatever is there."""
+    if keep not in KEEP_CHOICES:
+        raise MtPolicyError(f"keep must be one of {KEEP_CHOICES}, got {keep!r}")
+    if episodes < 1 or workers < 1:
+        raise MtPolicyError(f"episodes and workers must be >= 1, got {episodes} and {workers}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    states: dict[str, TaskProgress] = {}
+    for spec in tasks:
+        schema = spec.schema(obs_config)
+        store = DemoStore.open_or_create(store_path(out_dir, spec.name), schema, spec.info(),
+                                         created_with={"collector": "mt-policy collect", "keep": keep})
+        need = max(0, episodes - store.n_episodes)
+        states[spec.name] = TaskProgress(spec, store, episodes, DEMO_SEEDS.unused(store.used_seeds),
+                                         attempts_left=int(need * attempts_factor) + 2)
+    report = CollectReport(out_dir, {n: s.store.path for n, s in states.items()}, {}, {}, 0, 0.0, 0.0, 0.0)
+    total = sum(s.remaining for s in states.values() if s.remaining > 0)
+    bar = _progress_bar(total, progress)
+    start = time.perf_counter()
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        _run_pool(states, obs_config, workers, keep, max_steps, report, bar)
+    except KeyboardInterrupt:
+        report.interrupted = True
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
+        bar.close()
+    report.wall_seconds = time.perf_counter() - start
+    for name, st in states.items():
+        report.kept[name], report.rejected[name] = st.kept, st.rejected
+        if st.exhausted and st.remaining > 0:
+            report.warnings.append(
+                f"{name}: stopped after {st.kept + st.rejected} attempts with {st.store.n_episodes}/{episodes} "
+                f"episodes; the expert fails too often (raise --attempts-factor or use --keep all)"
+            )
+    return report
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _progress_bar(total: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="ep", desc="collect", disable=not enabled, dynamic_ncols=True)
+
+
+def _next_job(states: dict[str, TaskProgress], in_flight: dict[str, int], rr: deque[str]) -> tuple[str, int] | None:
+    """Round-robin over tasks that still need episodes and have attempts left."""
+    for _ in range(len(rr)):
+        name = rr[0]
+        rr.rotate(-1)
+        st = states[name]
+        if st.remaining - in_flight.get(name, 0) > 0 and st.attempts_left > 0:
+            st.attempts_left -= 1
+            return name, next(st.seeds)
+        if st.attempts_left <= 0 and st.remaining > 0:
+            st.exhausted = True
+    return None
+
+
+def _run_pool(states: dict[str, TaskProgress], obs_config: ObservationConfig, workers: int, keep: str,
+              max_steps: int | None, report: CollectReport, bar: Any) -> None:
+    rr = deque(states)
+    pending: dict[Future, tuple[str, int]] = {}
+    retry: list[tuple[str, int]] = []
+    in_flight: dict[str, int] = {}
+    restarts = 0
+    pool = _new_pool(workers)
+    try:
+        while True:
+            while len(pending) < 2 * workers:
+                job = retry.pop() if retry else _next_job(states, in_flight, rr)
+                if job is None:
+                    break
+                name, seed = job
+                steps = max_steps or states[name].store.schema.max_episode_steps
+                pending[pool.submit(_worker_rollout, name, obs_config, seed, steps)] = job
+                in_flight[name] = in_flight.get(name, 0) + 1
+            if not pending:
+                return
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                name, seed = pending.pop(future)
+                in_flight[name] -= 1
+                try:
+                    result = future.result()
+                except BrokenProcessPool:
+                    retry.append((name, seed))
+                    continue
+                restarts = 0
+                _record(states[name], result, keep, report, bar)
+            if retry:  # a worker died: every job in flight is lost with the pool; start a new one
+                restarts += 1
+                if restarts > MAX_POOL_RESTARTS:
+                    raise MtPolicyError(f"collection workers keep dying ({restarts} pool restarts in a row)")
+                report.warnings.append(f"a worker process died; restarted the pool and retried {len(retry) + len(pending)} episodes")
+                retry.extend(pending.values())
+                for name, _ in pending.values():
+                    in_flight[name] -= 1
+                pending.clear()
+                _shutdown(pool)
+                pool = _new_pool(workers)
+    finally:
+        _shutdown(pool)
+
+
+def _record(st: TaskProgress, result: RolloutResult, keep: str, report: CollectReport, bar: Any) -> None:
+    report.rollout_seconds += result.seconds
+    if st.remaining <= 0:
+        return  # an extra attempt finished after the target was reached; its seed stays unused
+    if result.success or keep == "all":
+        t0 = time.perf_counter()
+        st.store.append_episode(result.arrays, seed=result.seed, success=result.success, expert=st.spec.expert)
+        report.write_seconds += time.perf_counter() - t0
+        st.kept += 1
+        st.frames += result.length
+        report.frames += result.length
+        bar.update(1)
+    else:
+        st.store.add_rejected_seed(result.seed)
+        st.rejected += 1
+        report.rejected_total += 1
+    elapsed = max(bar.format_dict["elapsed"], 1e-9)
+    bar.set_postfix(frames_s=f"{report.frames / elapsed:.0f}", rejected=report.rejected_total, refresh=False)
+
+
+def _new_pool(workers: int) -> ProcessPoolExecutor:
+    # spawn, not fork: the parent runs zarr's I/O threads, and forking a threaded process can deadlock.
+    return ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_worker_init)
+
+
+def _shutdown(pool: ProcessPoolExecutor) -> None:
+    processes = list(getattr(pool, "_processes", {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:  # do not wait for episodes nobody will record
+        if proc.is_alive():
+            proc.terminate()
+    for proc in processes:
+        proc.join(timeout=5)

@@ -1,0 +1,210 @@
+"""Meta-World v3 tasks, observed the way LeRobot observes them, so success rates are comparable.
+
+LeRobot's conventions: each task is built from `metaworld.MT1(name, seed=42)` with its first train
+task, object positions re-randomised on every reset; camera `corner2` moved to (0.75, 0.075, 0.7)
+and its image flipped on both axes; `agent_pos` = hand xyz + gripper (the first 4 state entries);
+4-D actions in [-1, 1]; 500-step limit; the env's success flag ends an episode.
+
+Seeding: Meta-World's `reset` ignores its seed argument and draws object positions from
+`np_random`, so `reset(seed)` installs a `RandomState(seed)` there. That makes an episode a pure
+function of (task, seed), and equals LeRobot's env after `np.random.seed(seed)`.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import numpy as np
+
+from mt_policy.errors import SchemaError, unknown_name
+from mt_policy.schema import ActionSchema, CameraSpec, ObservationSchema, TaskSchema
+from sim.tasks import ObservationConfig, StepResult, TaskSpec, register_task
+
+ENV_ID = "Meta-World/MT1"
+MAX_EPISODE_STEPS = 500
+LEROBOT_CORNER2_POS = (0.75, 0.075, 0.7)
+FLIPPED_CAMERAS = frozenset({"corner2"})
+CAMERAS = ("topview", "corner", "corner2", "corner3", "corner4", "behindGripper", "gripperPOV")
+AGENT_POS_SIZE = 4
+FULL_STATE_SIZE = 39
+
+# name -> (difficulty group as in LeRobot's Meta-World tables, description)
+TASKS: dict[str, tuple[str, str]] = {
+    "assembly-v3": ("hard", "Pick up the ring nut and drop it over the peg"),
+    "basketball-v3": ("medium", "Pick up the ball and dunk it through the hoop"),
+    "bin-picking-v3": ("medium", "Move the puck from the left bin into the right bin"),
+    "box-close-v3": ("medium", "Pick up the lid and put it on the box"),
+    "button-press-topdown-v3": ("easy", "Press the button down from above"),
+    "button-press-topdown-wall-v3": ("easy", "Press the button down from above, reaching past a wall"),
+    "button-press-v3": ("easy", "Push the button in from the front"),
+    "button-press-wall-v3": ("easy", "Push the button in from the front, reaching past a wall"),
+    "coffee-button-v3": ("easy", "Press the button on the coffee machine"),
+    "coffee-pull-v3": ("medium", "Pull the mug out from under the coffee machine"),
+    "coffee-push-v3": ("medium", "Slide the mug under the coffee machine"),
+    "dial-turn-v3": ("easy", "Turn the dial a full quarter"),
+    "disassemble-v3": ("very_hard", "Lift the ring nut off the peg"),
+    "door-close-v3": ("easy", "Swing the open door shut"),
+    "door-lock-v3": ("easy", "Turn the door lock down to lock it"),
+    "door-open-v3": ("easy", "Pull the door open by its handle"),
+    "door-unlock-v3": ("easy", "Turn the door lock up to unlock it"),
+    "hand-insert-v3": ("hard", "Push the puck into the hole in the table"),
+    "drawer-close-v3": ("easy", "Push the drawer closed"),
+    "drawer-open-v3": ("easy", "Pull the drawer open"),
+    "faucet-open-v3": ("easy", "Turn the faucet handle to the left"),
+    "faucet-close-v3": ("easy", "Turn the faucet handle to the right"),
+    "hammer-v3": ("medium", "Hammer the nail into the wall"),
+    "handle-press-side-v3": ("easy", "Press the handle down from the side"),
+    "handle-press-v3": ("easy", "Press the handle down"),
+    "handle-pull-side-v3": ("easy", "Pull the handle up from the side"),
+    "handle-pull-v3": ("easy", "Pull the handle up"),
+    "lever-pull-v3": ("easy", "Pull the lever up until it points upwards"),
+    "pick-place-wall-v3": ("very_hard", "Pick up the puck and place it at the goal behind a wall"),
+    "pick-out-of-hole-v3": ("hard", "Lift the puck out of the hole"),
+    "pick-place-v3": ("hard", "Pick up the puck and place it at the goal"),
+    "plate-slide-v3": ("easy", "Slide the plate into the cabinet"),
+    "plate-slide-side-v3": ("easy", "Slide the plate sideways into the cabinet"),
+    "plate-slide-back-v3": ("easy", "Slide the plate back out of the cabinet"),
+    "plate-slide-back-side-v3": ("easy", "Slide the plate sideways back out of the cabinet"),
+    "peg-insert-side-v3": ("medium", "Insert the peg into the hole from the side"),
+    "peg-unplug-side-v3": ("easy", "Pull the peg out of the hole sideways"),
+    "soccer-v3": ("medium", "Kick the ball into the goal"),
+    "stick-push-v3": ("very_hard", "Grab the stick and push the box with it"),
+    "stick-pull-v3": ("very_hard", "Grab the stick and pull the box with it"),
+    "push-v3": ("hard", "Push the puck to the goal"),
+    "push-wall-v3": ("medium", "Push the puck to the goal around a wall"),
+    "push-back-v3": ("hard", "Push the puck back towards the robot to the goal"),
+    "reach-v3": ("easy", "Move the gripper to the goal point"),
+    "reach-wall-v3": ("easy", "Move the gripper to the goal point past a wall"),
+    "shelf-place-v3": ("very_hard", "Pick up the puck and put it on the shelf"),
+    "sweep-into-v3": ("medium", "Sweep the puck into the hole"),
+    "sweep-v3": ("medium", "Sweep the puck off the table"),
+    "window-open-v3": ("easy", "Slide the window open"),
+    "window-close-v3": ("easy", "Slide the window closed"),
+}
+
+
+def metaworld_schema(obs: ObservationConfig) -> TaskSchema:
+    for cam in obs.cameras:
+        if cam not in CAMERAS:
+            raise unknown_name("Meta-World camera", cam, CAMERAS)
+    height, width = obs.image_size
+    proprio_size = {"agent_pos": AGENT_POS_SIZE, "full_state": FULL_STATE_SIZE}.get(obs.proprio)
+    if proprio_size is None:
+        raise SchemaError(f"proprio {obs.proprio!r} not one of ['agent_pos', 'full_state']")
+    return TaskSchema(
+        observation=ObservationSchema(
+            cameras=tuple(CameraSpec(c, height, width) for c in obs.cameras),
+            proprio_size=proprio_size,
+            proprio_source=obs.proprio,
+            render_quality=obs.render_quality,
+        ),
+        action=ActionSchema(4, (-1.0,) * 4, (1.0,) * 4),
+        control_hz=80.0,  # frame_skip 5 x timestep 2.5 ms
+        max_episode_steps=MAX_EPISODE_STEPS,
+    )
+
+
+class MetaWorldEnv:
+    """One Meta-World v3 task as a `TaskEnv`."""
+
+    def __init__(self, task: str, obs: ObservationConfig) -> None:
+        import metaworld  # deferred: importing it builds MuJoCo models
+        import metaworld.policies
+        import mujoco
+
+        self.task = task
+        self.schema = metaworld_schema(obs)
+        self._obs_config = obs
+        self._mujoco = mujoco
+        benchmark = metaworld.MT1(task, seed=42)
+        height, width = obs.image_size
+        self._env = benchmark.train_classes[task](render_mode="rgb_array", camera_name="corner2",
+                                                  width=width, height=height)
+        self._env.set_task(benchmark.train_tasks[0])
+        model = self._env.model
+        corner2 = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, "corner2")
+        model.cam_pos[corner2] = LEROBOT_CORNER2_POS
+        self._env.reset()
+        self._env._freeze_rand_vec = False
+        self._env.seeded_rand_vec = True
+        self._camera_ids = {c: mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, c) for c in obs.cameras}
+        self._renderer = mujoco.Renderer(model, height, width) if obs.cameras else None
+        self._expert = getattr(metaworld.policies, expert_class_name(task))()
+        self._raw: np.ndarray | None = None
+
+    def _render(self, camera: str) -> np.ndarray:
+        assert self._renderer is not None
+        self._renderer.update_scene(self._env.data, camera=self._camera_ids[camera])
+        if self._obs_config.render_quality == "fast":
+            flags = self._renderer.scene.flags
+            for flag in (self._mujoco.mjtRndFlag.mjRND_SHADOW, self._mujoco.mjtRndFlag.mjRND_REFLECTION,
+                         self._mujoco.mjtRndFlag.mjRND_SKYBOX):
+                flags[flag] = 0
+        image = self._renderer.render()
+        return np.ascontiguousarray(image[::-1, ::-1]) if camera in FLIPPED_CAMERAS else image
+
+    def _observe(self, raw: np.ndarray) -> dict[str, np.ndarray]:
+        self._raw = raw
+        obs = {f"obs/{c}": self._render(c) for c in self._obs_config.cameras}
+        proprio = raw[:AGENT_POS_SIZE] if self._obs_config.proprio == "agent_pos" else raw
+        obs["obs/proprio"] = np.asarray(proprio, dtype=np.float32)
+        return obs
+
+    def reset(self, seed: int) -> dict[str, np.ndarray]:
+        self._env.np_random = np.random.RandomState(seed)
+        raw, _ = self._env.reset()
+        return self._observe(raw)
+
+    def step(self, action: np.ndarray) -> StepResult:
+        action = np.asarray(action, dtype=np.float32)
+        if action.shape != (4,):
+            raise SchemaError(f"{self.task}: action has shape {action.shape}, expected (4,)")
+        raw, _, _, truncated, info = self._env.step(np.clip(action, -1.0, 1.0))
+        return StepResult(self._observe(raw), bool(info.get("success", 0.0)), bool(truncated))
+
+    def expert_action(self) -> np.ndarray:
+        if self._raw is None:
+            raise RuntimeError("call reset() before expert_action()")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the experts warn about their own gains on every call
+            return np.asarray(self._expert.get_action(self._raw), dtype=np.float32)
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+        self._env.close()
+
+
+def expert_class_name(task: str) -> str:
+    """Name of the task's scripted expert in `metaworld.policies` (push-v3 -> SawyerPushV3Policy)."""
+    return "Sawyer" + "".join(part.capitalize() for part in task.split("-")) + "Policy"
+
+
+def _register_all() -> None:
+    for name, (difficulty, description) in TASKS.items():
+        register_task(TaskSpec(
+            name=name,
+            description=description,
+            difficulty=difficulty,
+            env_id=ENV_ID,
+            env_kwargs={"env_name": name, "benchmark_seed": 42, "camera_pose": "lerobot"},
+            env_version=_metaworld_version(),
+            make_env=functools.partial(MetaWorldEnv, name),
+            make_schema=metaworld_schema,
+            expert=expert_class_name(name),
+        ))
+
+
+@functools.cache
+def _metaworld_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"metaworld {version('metaworld')}, mujoco {version('mujoco')}"
+    except PackageNotFoundError:
+        return "metaworld (not installed)"
+
+
+_register_all()
