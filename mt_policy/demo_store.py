@@ -194,6 +194,8 @@ class DemoStore:
                 node = self._group[key]
         except KeyError:
             raise StoreError(f"{self.path}: missing array '{key}'") from None
+        except Exception as err:  # corrupt zarr.json: JSON or metadata validation errors
+            raise StoreError(f"{self.path}: array '{key}' has unreadable metadata ({type(err).__name__}: {err})") from None
         if not isinstance(node, zarr.Array):
             raise StoreError(f"{self.path}: '{key}' is a group, expected an array")
         self._arrays[key] = node

@@ -179,7 +179,12 @@ class MetaWorldEnv:
 
 def expert_class_name(task: str) -> str:
     """Name of the task's scripted expert in `metaworld.policies` (push-v3 -> SawyerPushV3Policy)."""
+    if task in _EXPERT_NAME_EXCEPTIONS:
+        return _EXPERT_NAME_EXCEPTIONS[task]
     return "Sawyer" + "".join(part.capitalize() for part in task.split("-")) + "Policy"
+
+
+_EXPERT_NAME_EXCEPTIONS = {"peg-insert-side-v3": "SawyerPegInsertionSideV3Policy"}
 
 
 def _register_all() -> None:
