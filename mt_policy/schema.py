@@ -85,7 +85,7 @@ class ActionSchema:
         object.__setattr__(self, "high", tuple(float(x) for x in self.high))
         if self.size < 1 or len(self.low) != self.size or len(self.high) != self.size:
             raise SchemaError(f"action bounds must have {self.size} entries, got {len(self.low)}/{len(self.high)}")
-        if any(lo > hi for lo, hi in zip(self.low, self.high)):
+        if any(lo > hi for lo, hi in zip(self.low, self.high, strict=True)):
             raise SchemaError(f"action low {self.low} exceeds high {self.high}")
 
 

@@ -37,7 +37,7 @@ class RunningStats:
         hists = [np.bincount(flat[:, c], minlength=256).astype(np.float64) for c in range(flat.shape[1])]
         n = len(flat)
         mean = np.array([h @ values / n for h in hists])
-        m2 = np.array([h @ (values - m) ** 2 for h, m in zip(hists, mean)])
+        m2 = np.array([h @ (values - m) ** 2 for h, m in zip(hists, mean, strict=True)])
         lo = np.array([np.flatnonzero(h)[0] for h in hists], dtype=np.float64)
         hi = np.array([np.flatnonzero(h)[-1] for h in hists], dtype=np.float64)
         return cls(n, mean, m2, lo, hi)

@@ -131,7 +131,7 @@ def collect(
     tasks: list[TaskSpec],
     episodes: int,
     out_dir: str | Path,
-    obs_config: ObservationConfig = ObservationConfig(),
+    obs_config: ObservationConfig | None = None,
     *,
     workers: int = 2,
     keep: str = "success",
@@ -140,6 +140,7 @@ def collect(
     progress: bool = True,
 ) -> CollectReport:
     """Fill `out_dir/<task>.zarr` with `episodes` demos per task, resuming whatever is there."""
+    obs_config = obs_config or ObservationConfig()
     if keep not in KEEP_CHOICES:
         raise MtPolicyError(f"keep must be one of {KEEP_CHOICES}, got {keep!r}")
     if episodes < 1 or workers < 1:

@@ -42,7 +42,7 @@ def test_task_contract(task_env):
     assert image.std() > 5.0, f"{name}: image is (nearly) constant"
     again = _short_rollout(env, seed=7)
     other = env.reset(seed=8)
-    for a, b in zip(first, again):
+    for a, b in zip(first, again, strict=True):
         for key in a:
             np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name}: {key} differs under the same seed")
     assert not np.array_equal(first[0]["obs/proprio"], other["obs/proprio"]) or not np.array_equal(

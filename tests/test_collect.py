@@ -1,0 +1,175 @@
+"""Scripted-demo collection: stores per task, resume, and nothing lost to Ctrl-C or killed processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mt_policy.demo_store import DemoStore
+from mt_policy.errors import StoreError
+from mt_policy.seeds import DEMO_SEEDS
+from sim.collect import collect
+from sim.suites import get_suite, resolve_tasks
+from sim.tasks import ObservationConfig
+
+SMALL = ObservationConfig(cameras=("corner2",), image_size=(32, 32))
+CLI = [sys.executable, "-m", "mt_policy.cli"]
+SMALL_ARGS = ["--image-size", "32", "--no-progress"]
+
+
+def _stores(out: Path) -> dict[str, DemoStore]:
+    return {p.name.removesuffix(".zarr"): DemoStore.open(p) for p in sorted(out.glob("*.zarr"))}
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _episodes_written(out: Path) -> int:
+    total = 0
+    for path in out.glob("*.zarr"):
+        try:
+            total += DemoStore.open(path).n_episodes
+        except StoreError:
+            pass  # store still being created
+    return total
+
+
+def _worker_pids(parent: int) -> list[int]:
+    """Child processes of `parent` that are multiprocessing spawn workers (not the resource tracker)."""
+    out = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True).stdout.split()
+    pids = []
+    for pid in map(int, out):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if "spawn_main" in cmdline:
+            pids.append(pid)
+    return pids
+
+
+def test_collect_writes_one_store_per_task_and_resume_appends_the_rest(tmp_path):
+    tasks = get_suite("mt3")
+    first = collect(tasks, 2, tmp_path, SMALL, workers=2, progress=False)
+    assert set(first.kept.values()) == {2} and not first.interrupted
+    second = collect(tasks, 3, tmp_path, SMALL, workers=2, progress=False)
+    assert set(second.kept.values()) == {1}, "resume must append only the missing episode"
+    stores = _stores(tmp_path)
+    assert sorted(stores) == sorted(t.name for t in tasks)
+    for name, store in stores.items():
+        store.validate()
+        table = store.episode_table()
+        assert store.n_episodes == 3 and table["success"].all()
+        seeds = table["seed"].tolist()
+        assert len(set(seeds)) == 3 and all(s in DEMO_SEEDS for s in seeds)
+        assert store.task.name == name and store.schema.observation.cameras[0].height == 32
+    again = collect(tasks, 3, tmp_path, SMALL, workers=1, progress=False)
+    assert sum(again.kept.values()) == 0 and again.frames == 0
+
+
+def test_keep_all_stores_failures_and_keep_success_rejects_them(tmp_path):
+    tasks = resolve_tasks(tasks="reach-v3")
+    state_only = ObservationConfig(cameras=())
+    # Five steps is too short for any expert, so every episode fails.
+    kept = collect(tasks, 2, tmp_path / "all", state_only, workers=1, keep="all", max_steps=5, progress=False)
+    store = DemoStore.open(tmp_path / "all" / "reach-v3.zarr")
+    assert kept.kept["reach-v3"] == 2 and store.n_episodes == 2 and not store.episode_table()["success"].any()
+    assert store.n_frames == 10
+    rejected = collect(tasks, 2, tmp_path / "ok", state_only, workers=1, keep="success", attempts_factor=1.0,
+                       max_steps=5, progress=False)
+    store = DemoStore.open(tmp_path / "ok" / "reach-v3.zarr")
+    assert store.n_episodes == 0 and len(store.rejected_seeds) == rejected.rejected["reach-v3"] == 4
+    assert any("fails too often" in w for w in rejected.warnings)
+    # A resumed run does not retry the rejected seeds.
+    collect(tasks, 1, tmp_path / "ok", state_only, workers=1, progress=False)
+    store = DemoStore.open(tmp_path / "ok" / "reach-v3.zarr")
+    assert store.n_episodes == 1 and int(store.episode_table()["seed"][0]) not in store.rejected_seeds
+
+
+def test_resuming_with_a_different_observation_config_is_refused(tmp_path):
+    tasks = resolve_tasks(tasks="reach-v3")
+    collect(tasks, 1, tmp_path, SMALL, workers=1, progress=False)
+    with pytest.raises(StoreError, match=r"reach-v3.zarr: existing store has schema"):
+        collect(tasks, 2, tmp_path, ObservationConfig(cameras=("corner2",), image_size=(48, 48)), workers=1,
+                progress=False)
+
+
+def test_cli_collect_then_inspect_validate(tmp_path):
+    out = tmp_path / "demos"
+    run = subprocess.run(CLI + ["collect", "--suite", "mt3", "--episodes", "2", "--out", str(out)] + SMALL_ARGS,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "reach-v3" in run.stdout and "frames/s" in run.stdout
+    stores = sorted(str(p) for p in out.glob("*.zarr"))
+    assert len(stores) == 3
+    grid = tmp_path / "grid.png"
+    inspect = subprocess.run(CLI + ["inspect", *stores, "--validate", "--sample-grid", str(grid)],
+                             capture_output=True, text=True, timeout=120)
+    assert inspect.returncode == 0, inspect.stderr
+    assert inspect.stdout.count("valid        yes") == 3 and grid.stat().st_size > 1000
+
+
+def _start_collect(out: Path, episodes: int) -> subprocess.Popen:
+    return subprocess.Popen(CLI + ["collect", "--suite", "mt3", "--episodes", str(episodes), "--out", str(out)]
+                            + SMALL_ARGS, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def test_sigkill_mid_run_leaves_valid_stores_and_a_rerun_completes(tmp_path):
+    proc = _start_collect(tmp_path, episodes=8)
+    try:
+        _wait_for(lambda: _episodes_written(tmp_path) >= 2, 180, "the first episodes")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # parent and workers, possibly in the middle of an append
+        proc.wait()
+    stores = _stores(tmp_path)
+    assert len(stores) == 3
+    before = {name: s.n_episodes for name, s in stores.items()}
+    assert sum(before.values()) < 24
+    for store in stores.values():
+        store.validate()
+    rerun = subprocess.run(CLI + ["collect", "--suite", "mt3", "--episodes", "8", "--out", str(tmp_path)] + SMALL_ARGS,
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    for name, store in _stores(tmp_path).items():
+        assert store.n_episodes == 8, name
+        store.validate()
+
+
+def test_ctrl_c_stops_with_exit_130_and_valid_stores(tmp_path):
+    proc = _start_collect(tmp_path, episodes=8)
+    _wait_for(lambda: _episodes_written(tmp_path) >= 1, 180, "the first episode")
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    for store in _stores(tmp_path).values():
+        store.validate()
+
+
+def test_a_killed_worker_is_replaced_and_collection_finishes(tmp_path):
+    proc = _start_collect(tmp_path, episodes=5)
+    try:
+        _wait_for(lambda: _episodes_written(tmp_path) >= 1 and _worker_pids(proc.pid), 180, "a worker and an episode")
+        os.kill(_worker_pids(proc.pid)[0], signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, stderr
+    assert "worker process died" in stderr
+    for store in _stores(tmp_path).values():
+        assert store.n_episodes == 5
+        store.validate()
