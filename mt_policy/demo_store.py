@@ -121,7 +121,7 @@ class DemoStore:
         for name, dtype in EPISODE_COLUMNS.items():
             group.create_array(f"meta/episodes/{name}", shape=(0,), chunks=(_TABLE_CHUNK,), dtype=dtype,
                                compressors=_compressors(np.dtype(dtype)))
-        group.attrs.update({
+        group.update_attributes({
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "schema": schema.to_dict(),
@@ -400,8 +400,9 @@ class DemoStore:
         for key, values in arrays.items():
             s = RunningStats.of(values)
             stats[key] = stats[key].merge(s) if key in stats else s
-        # The commit point: one atomic rewrite of the group attributes.
-        self._group.attrs.update({
+        # The commit point: one atomic rewrite of the group's zarr.json. (`attrs.update` would
+        # write once per key, leaving a window where the commit is visible but the stats are not.)
+        self._group = self._group.update_attributes({
             "commit": {"episodes": self.n_episodes + 1, "frames": stop},
             "experts": experts,
             "stats": {k: v.to_dict() for k, v in stats.items()},
@@ -416,7 +417,7 @@ class DemoStore:
         self.rejected_seeds = self.rejected_seeds + [int(seed)]
         if self._seeds is not None:
             self._seeds.add(int(seed))
-        self._group.attrs.update({"rejected_seeds": self.rejected_seeds})
+        self._group = self._group.update_attributes({"rejected_seeds": self.rejected_seeds})
 
     def summary(self) -> dict[str, Any]:
         table = self.episode_table()

@@ -814,3 +814,22 @@ def test_cli_inspect_validate_reports_corrupt_chunk_exits_2(demo, capsys):
     assert main(["inspect", str(demo.path), "--validate"]) == 2
     err = capsys.readouterr().err
     assert str(demo.path) in err and f"data/{CAM_KEY}" in err
+
+
+def test_append_commits_with_exactly_one_write_of_the_group_metadata(tmp_path, tiny_schema, tiny_task, monkeypatch):
+    """The commit (counts, experts, stats) must land in one atomic file replace, not one write per key."""
+    import zarr.storage._local as local
+
+    store = DemoStore.create(tmp_path / "one.zarr", tiny_schema, tiny_task)
+    writes: list[str] = []
+    original = local._put
+
+    def counting_put(path, value, exclusive=False):
+        writes.append(str(path))
+        return original(path, value, exclusive)
+
+    monkeypatch.setattr(local, "_put", counting_put)
+    store.append_episode(make_episode(tiny_schema, 4, np.random.default_rng(0)), seed=1, success=True, expert="x")
+    group_meta = str(tmp_path / "one.zarr" / "zarr.json")
+    assert writes.count(group_meta) == 1
+    assert writes.index(group_meta) == len(writes) - 1, "the commit must be the last write of an append"
