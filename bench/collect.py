@@ -41,7 +41,8 @@ import numpy as np
 import sim.collect as sim_collect  # importing `sim` sets MUJOCO_GL before anything imports mujoco
 from mt_policy.demo_store import DemoStore
 from mt_policy.sampler import WindowSampler, WindowSpec
-from sim.collect import CollectReport, collect
+from mt_policy.seeds import DEMO_SEEDS
+from sim.collect import CollectReport, collect, rollout
 from sim.suites import get_suite
 from sim.tasks import ObservationConfig, TaskSpec
 
@@ -59,6 +60,7 @@ TARGETS = {
     "write_share": 0.10,
     "samples_state": 20_000.0,
     "samples_image": 3_000.0,
+    "expert_success": 0.9,
 }
 
 DEFINITIONS = {
@@ -329,6 +331,33 @@ def write_json(results: dict[str, Any], path: Path) -> None:
     tmp.replace(path)  # a reader never sees half a file
 
 
+# ---------------------------------------------------------------------------------------------- experts
+def expert_table(suite: str, n_seeds: int) -> dict[str, Any]:
+    """Scripted-expert success per task over the first `n_seeds` demo seeds (state only: no rendering)."""
+    table: dict[str, Any] = {}
+    for spec in get_suite(suite):
+        env = spec.make_env(STATE_CONFIG)
+        try:
+            results = [rollout(env, DEMO_SEEDS.seed(i), spec.schema(STATE_CONFIG).max_episode_steps)
+                       for i in range(n_seeds)]
+        finally:
+            env.close()
+        steps = [len(arrays["action"]) for arrays, ok in results if ok]
+        table[spec.name] = {"successes": sum(ok for _, ok in results), "episodes": n_seeds,
+                            "success_rate": sum(ok for _, ok in results) / n_seeds,
+                            "mean_steps_to_success": float(np.mean(steps)) if steps else None}
+    return table
+
+
+def print_expert_table(table: dict[str, Any]) -> None:
+    print(f"\nscripted experts ({next(iter(table.values()))['episodes']} seeds per task, target >= "
+          f"{TARGETS['expert_success']:.0%} on every task)")
+    for name, row in table.items():
+        steps = _fmt(row["mean_steps_to_success"], ".0f")
+        print(f"  {name:28s} {row['successes']:3d}/{row['episodes']:<3d} {row['success_rate']:6.0%}  "
+              f"mean steps {steps:>4s}  {verdict(row['success_rate'], TARGETS['expert_success'])}")
+
+
 # ---------------------------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -362,7 +391,10 @@ def benchmark(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     summaries = {name: collect_summary(run) for name, run in runs.items()}
     repeats, repeat_seconds = (3, 0.1) if args.quick else (5, 0.5)
     print("sampling ...", flush=True)
+    print("scripted experts ...", flush=True)
+    experts = expert_table(SUITE if args.quick else "mt10", 3 if args.quick else 20)
     return {
+        "experts": experts,
         "benchmark": "collect",
         "suite": SUITE,
         "tasks": [t.name for t in tasks],
@@ -389,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="bench_collect_") as tmp:
             results = benchmark(args, Path(tmp))
     print_report(results)
+    print_expert_table(results["experts"])
     write_json(results, args.out)
     print(f"wrote {args.out}")
     return 0

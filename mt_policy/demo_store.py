@@ -369,6 +369,18 @@ class DemoStore:
             if arr.shape[0] != committed:
                 arr.resize((committed, *arr.shape[1:]))
 
+    def _write_rows(self, key: str, start: int, values: np.ndarray) -> None:
+        """Write rows at `start`, growing the array geometrically so most appends skip a resize.
+
+        Rows past the commit are not part of the store (see the module docstring), so spare
+        capacity is invisible to readers and trimmed by the next `open(mode="a")`.
+        """
+        arr = self._array(key)
+        stop = start + len(values)
+        if arr.shape[0] < stop:
+            arr.resize((max(stop, 2 * arr.shape[0], arr.chunks[0]), *arr.shape[1:]))
+        arr[start:stop] = values
+
     def append_episode(self, arrays: dict[str, np.ndarray], *, seed: int, success: bool, expert: str) -> int:
         """Append one episode atomically; return its index. Arrays are keyed like `schema.frame_specs()`."""
         self._require_writable()
@@ -384,18 +396,12 @@ class DemoStore:
             raise StoreError(f"{self.path}: seed {seed} is already used in this store")
         start, stop = self.n_frames, self.n_frames + length
         for key, values in arrays.items():
-            arr = self._array(f"data/{key}")
-            arr.resize((stop, *arr.shape[1:]))
-            arr[start:stop] = values
+            self._write_rows(f"data/{key}", start, values)
         experts = self.experts + ([expert] if expert not in self.experts else [])
         row = {"seed": seed, "length": length, "success": success, "expert_id": experts.index(expert)}
-        ends = self._array(EPISODE_ENDS)
-        ends.resize((self.n_episodes + 1,))
-        ends[self.n_episodes] = stop
+        self._write_rows(EPISODE_ENDS, self.n_episodes, np.array([stop], dtype=np.int64))
         for column, value in row.items():
-            col = self._array(f"meta/episodes/{column}")
-            col.resize((self.n_episodes + 1,))
-            col[self.n_episodes] = value
+            self._write_rows(f"meta/episodes/{column}", self.n_episodes, np.array([value], dtype=EPISODE_COLUMNS[column]))
         stats = dict(self.stats)
         for key, values in arrays.items():
             s = RunningStats.of(values)
@@ -410,6 +416,17 @@ class DemoStore:
         self.n_episodes, self.n_frames, self.experts, self.stats = self.n_episodes + 1, stop, experts, stats
         self._seeds.add(seed)
         return self.n_episodes - 1
+
+    def close(self) -> None:
+        """Trim spare capacity so the raw zarr arrays end at the commit. Safe to call twice."""
+        if self.writable:
+            self._trim_uncommitted()
+
+    def __enter__(self) -> DemoStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def add_rejected_seed(self, seed: int) -> None:
         """Remember a seed whose episode was discarded, so a resumed run does not retry it."""

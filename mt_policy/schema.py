@@ -7,7 +7,7 @@ Sim, training, export and the ROS node all read array names, shapes, dtypes and 
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -97,7 +97,6 @@ class TaskSchema:
     action: ActionSchema
     control_hz: float
     max_episode_steps: int
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if self.control_hz <= 0 or self.max_episode_steps < 1:

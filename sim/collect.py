@@ -7,6 +7,7 @@ stand. Ctrl-C, SIGTERM or a killed worker loses at most the episodes in flight.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections import deque
@@ -72,6 +73,9 @@ _WORKER_ENVS: dict[tuple[str, ObservationConfig], Any] = {}
 
 def _worker_init() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    # Workers are the unit of parallelism: Mesa's software rasteriser would otherwise start a thread
+    # per core in every worker and oversubscribe the machine (2 workers x 2 threads on 2 cores).
+    os.environ.setdefault("LP_NUM_THREADS", "1")
 
 
 def _worker_rollout(task: str, obs_config: ObservationConfig, seed: int, max_steps: int) -> RolloutResult:
@@ -167,6 +171,8 @@ def collect(
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
         bar.close()
+        for st in states.values():
+            st.store.close()
     report.wall_seconds = time.perf_counter() - start
     for name, st in states.items():
         report.kept[name], report.rejected[name] = st.kept, st.rejected

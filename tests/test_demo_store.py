@@ -53,6 +53,7 @@ def write_store(path: Path, schema: TaskSchema, task: TaskInfo, lengths=LENGTHS,
         ep = make_episode(schema, length, rng)
         store.append_episode(ep, seed=s, success=ok, expert=expert)
         episodes.append(ep)
+    store.close()
     return Demo(path, schema, task, episodes)
 
 
@@ -833,3 +834,16 @@ def test_append_commits_with_exactly_one_write_of_the_group_metadata(tmp_path, t
     group_meta = str(tmp_path / "one.zarr" / "zarr.json")
     assert writes.count(group_meta) == 1
     assert writes.index(group_meta) == len(writes) - 1, "the commit must be the last write of an append"
+
+
+def test_spare_capacity_is_invisible_to_readers_and_trimmed_on_close(tmp_path, tiny_schema, tiny_task):
+    store = DemoStore.create(tmp_path / "cap.zarr", tiny_schema, tiny_task)
+    episode = make_episode(tiny_schema, 3, np.random.default_rng(0))
+    store.append_episode(episode, seed=1, success=True, expert="x")
+    assert zgroup(store.path, mode="r")["data/action"].shape[0] >= 3  # may hold spare rows
+    reader = DemoStore.open(store.path)
+    assert reader.n_frames == 3 and np.array_equal(reader.frames("action", 0, 3), episode["action"])
+    store.close()
+    raw = zgroup(store.path, mode="r")
+    assert raw["data/action"].shape[0] == 3 and raw[EPISODE_ENDS].shape == (1,)
+    DemoStore.open(store.path).validate()
