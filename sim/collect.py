@@ -24,7 +24,7 @@ import numpy as np
 from mt_policy.demo_store import DemoStore
 from mt_policy.errors import MtPolicyError
 from mt_policy.seeds import DEMO_SEEDS
-from sim.tasks import ObservationConfig, TaskSpec, get_task
+from sim.tasks import ObservationConfig, TaskSpec
 
 KEEP_CHOICES = ("success", "all")
 MAX_POOL_RESTARTS = 3
@@ -78,13 +78,15 @@ def _worker_init() -> None:
     os.environ.setdefault("LP_NUM_THREADS", "1")
 
 
-def _worker_rollout(task: str, obs_config: ObservationConfig, seed: int, max_steps: int) -> RolloutResult:
+def _worker_rollout(spec: TaskSpec, obs_config: ObservationConfig, seed: int, max_steps: int) -> RolloutResult:
+    # The spec travels whole (not by name): tasks registered at run time, e.g. from a suite file,
+    # are unknown to a freshly spawned worker's registry.
     start = time.perf_counter()
-    env = _WORKER_ENVS.get((task, obs_config))
+    env = _WORKER_ENVS.get((spec.name, obs_config))
     if env is None:
-        env = _WORKER_ENVS[(task, obs_config)] = get_task(task).make_env(obs_config)
+        env = _WORKER_ENVS[(spec.name, obs_config)] = spec.make_env(obs_config)
     arrays, success = rollout(env, seed, max_steps)
-    return RolloutResult(task, seed, success, arrays, time.perf_counter() - start)
+    return RolloutResult(spec.name, seed, success, arrays, time.perf_counter() - start)
 
 
 @dataclass
@@ -224,7 +226,7 @@ def _run_pool(states: dict[str, TaskProgress], obs_config: ObservationConfig, wo
                     break
                 name, seed = job
                 steps = max_steps or states[name].store.schema.max_episode_steps
-                pending[pool.submit(_worker_rollout, name, obs_config, seed, steps)] = job
+                pending[pool.submit(_worker_rollout, states[name].spec, obs_config, seed, steps)] = job
                 in_flight[name] = in_flight.get(name, 0) + 1
             if not pending:
                 return

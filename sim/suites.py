@@ -1,11 +1,19 @@
 """Task suites: named lists of registered tasks (`mt3`, `mt10`, `mt50`, and suites from YAML files).
 
-A suite file looks like::
+A suite file looks like this; its optional `tasks` section registers gymnasium MuJoCo tasks
+(see `sim.gym_tasks`) that its suites, or any later command, can then name::
 
+    tasks:
+      my-reacher:
+        env_id: Reacher-v5
+        expert: sim.reacher:expert          # expert(env, raw_obs) -> action
+        success: sim.reacher:success        # success(env, info) -> bool
+        description: Touch the target with the fingertip
+        difficulty: easy                    # easy | medium | hard | very_hard
+        agent_pos: [0, 1, 2, 3, 6, 7]       # optional: observation entries forming agent_pos
     suites:
       kitchen:
-        description: optional words
-        tasks: [drawer-open-v3, drawer-close-v3]
+        tasks: [drawer-open-v3, drawer-close-v3, my-reacher]
 """
 
 from __future__ import annotations
@@ -15,8 +23,9 @@ from pathlib import Path
 import yaml
 
 from mt_policy.errors import MtPolicyError, unknown_name
+from sim.gym_tasks import gym_task_from_dict
 from sim.metaworld_tasks import TASKS
-from sim.tasks import TaskSpec, get_task
+from sim.tasks import TaskSpec, get_task, register_task
 
 # Three tasks whose experts finish in well under 100 steps: enough for smoke tests and the demo.
 MT3 = ("reach-v3", "button-press-topdown-v3", "drawer-close-v3")
@@ -53,6 +62,13 @@ def load_suite_file(path: str | Path) -> list[str]:
     suites = data.get("suites") if isinstance(data, dict) else None
     if not isinstance(suites, dict):
         raise MtPolicyError(f"{path}: expected a mapping 'suites: {{name: {{tasks: [...]}}}}'")
+    tasks = data.get("tasks") or {}
+    if not isinstance(tasks, dict):
+        raise MtPolicyError(f"{path}: 'tasks' must map task names to their definitions")
+    for name, entry in tasks.items():
+        if not isinstance(entry, dict):
+            raise MtPolicyError(f"{path}: tasks.{name} must be a mapping")
+        register_task(gym_task_from_dict(str(name), entry, where=f"{path}: tasks.{name}"), replace=True)
     for name, entry in suites.items():
         tasks = entry.get("tasks") if isinstance(entry, dict) else None
         if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):

@@ -112,3 +112,4 @@ def task_names() -> list[str]:
 def _ensure_builtin_tasks() -> None:
     # Imported lazily so that `sim.tasks` stays cheap and free of import cycles.
     import sim.metaworld_tasks  # noqa: F401
+    import sim.reacher  # noqa: F401

@@ -123,3 +123,48 @@ def test_expert_class_exists_for_every_metaworld_task():
         spec = get_task(name)
         if spec.env_id == "Meta-World/MT1":
             assert hasattr(metaworld.policies, spec.expert), f"{name}: no expert {spec.expert}"
+
+
+def test_reacher_has_its_own_action_size_beside_metaworld():
+    reacher = get_task("reacher-v5").schema(PIXELS)
+    assert reacher.action.size == 2 and get_task("reach-v3").schema(PIXELS).action.size == 4
+    assert reacher.control_hz == 50.0 and reacher.max_episode_steps == 50
+
+
+def test_suite_file_can_define_a_gymnasium_task_and_collect_it(tmp_path):
+    """A task defined only in a suite file reaches spawned collection workers and fills a store."""
+    from mt_policy.demo_store import DemoStore
+    from sim.collect import collect
+
+    suite_file = tmp_path / "mine.yaml"
+    suite_file.write_text(
+        "tasks:\n"
+        "  my-reacher:\n"
+        "    env_id: Reacher-v5\n"
+        "    expert: sim.reacher:expert\n"
+        "    success: sim.reacher:success\n"
+        "    description: Touch the target\n"
+        "    agent_pos: [0, 1, 2, 3, 6, 7]\n"
+        "suites:\n"
+        "  mixed:\n"
+        "    tasks: [reach-v3, my-reacher]\n"
+    )
+    load_suite_file(suite_file)
+    tasks = get_suite("mixed")
+    report = collect(tasks, 2, tmp_path / "out", ObservationConfig(cameras=()), workers=2, progress=False)
+    assert report.kept == {"reach-v3": 2, "my-reacher": 2}
+    store = DemoStore.open(tmp_path / "out" / "my-reacher.zarr")
+    assert store.schema.action.size == 2 and store.task.env_id == "Reacher-v5"
+    assert store.episode_table()["success"].all()
+
+
+def test_suite_file_task_errors_name_the_field(tmp_path):
+    bad = tmp_path / "bad_task.yaml"
+    bad.write_text("tasks:\n  t:\n    env_id: Reacher-v5\n    expert: nowhere.module:fn\n    success: sim.reacher:success\n"
+                   "    description: x\nsuites:\n  s:\n    tasks: [t]\n")
+    with pytest.raises(MtPolicyError, match=r"bad_task.yaml: tasks.t.expert 'nowhere.module:fn' cannot be imported"):
+        load_suite_file(bad)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("tasks:\n  t:\n    env_id: Reacher-v5\n    expertt: sim.reacher:expert\nsuites: {}\n")
+    with pytest.raises(MtPolicyError, match=r"unknown fields \['expertt'\]"):
+        load_suite_file(typo)
