@@ -36,6 +36,7 @@ demo: setup
 	$(BIN)/mt-policy demo --suite $(DEMO_SUITE) --episodes $(DEMO_EPISODES) --out $(DEMO_DIR)
 
 test: setup
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: setup
