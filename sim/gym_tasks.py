@@ -24,6 +24,7 @@ import numpy as np
 
 from mt_policy.errors import MtPolicyError, SchemaError
 from mt_policy.schema import ActionSchema, CameraSpec, ObservationSchema, TaskSchema
+from sim.rendering import render_view
 from sim.tasks import ObservationConfig, StepResult, TaskSpec
 
 
@@ -134,12 +135,8 @@ class GymnasiumEnv:
         out: dict[str, np.ndarray] = {}
         for name, camera in self._cameras.items():
             assert self._renderer is not None
-            self._renderer.update_scene(self._env.unwrapped.data, camera=camera)
-            if self._obs_config.render_quality == "fast":
-                for flag in (self._mujoco.mjtRndFlag.mjRND_SHADOW, self._mujoco.mjtRndFlag.mjRND_REFLECTION,
-                             self._mujoco.mjtRndFlag.mjRND_SKYBOX):
-                    self._renderer.scene.flags[flag] = 0
-            out[f"obs/{name}"] = self._renderer.render()
+            out[f"obs/{name}"] = render_view(self._renderer, self._env.unwrapped.data, camera,
+                                             self._obs_config.render_quality)
         flat = np.asarray(raw, dtype=np.float32).ravel()
         out["obs/proprio"] = flat[list(self._cfg.agent_pos)] if self._obs_config.proprio == "agent_pos" else flat
         return out

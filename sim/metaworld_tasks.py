@@ -19,6 +19,7 @@ import numpy as np
 
 from mt_policy.errors import SchemaError, unknown_name
 from mt_policy.schema import ActionSchema, CameraSpec, ObservationSchema, TaskSchema
+from sim.rendering import render_view
 from sim.tasks import ObservationConfig, StepResult, TaskSpec, register_task
 
 ENV_ID = "Meta-World/MT1"
@@ -116,7 +117,6 @@ class MetaWorldEnv:
         self.task = task
         self.schema = metaworld_schema(obs)
         self._obs_config = obs
-        self._mujoco = mujoco
         benchmark = metaworld.MT1(task, seed=42)
         height, width = obs.image_size
         self._env = benchmark.train_classes[task](render_mode="rgb_array", camera_name="corner2",
@@ -135,13 +135,7 @@ class MetaWorldEnv:
 
     def _render(self, camera: str) -> np.ndarray:
         assert self._renderer is not None
-        self._renderer.update_scene(self._env.data, camera=self._camera_ids[camera])
-        if self._obs_config.render_quality == "fast":
-            flags = self._renderer.scene.flags
-            for flag in (self._mujoco.mjtRndFlag.mjRND_SHADOW, self._mujoco.mjtRndFlag.mjRND_REFLECTION,
-                         self._mujoco.mjtRndFlag.mjRND_SKYBOX):
-                flags[flag] = 0
-        image = self._renderer.render()
+        image = render_view(self._renderer, self._env.data, self._camera_ids[camera], self._obs_config.render_quality)
         return np.ascontiguousarray(image[::-1, ::-1]) if camera in FLIPPED_CAMERAS else image
 
     def _observe(self, raw: np.ndarray) -> dict[str, np.ndarray]:

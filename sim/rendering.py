@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import ctypes.util
 import os
+from typing import Any
+
+import numpy as np
 
 
 def configure_gl() -> str:
@@ -19,3 +22,18 @@ def configure_gl() -> str:
     elif os.environ["MUJOCO_GL"] == "egl":
         os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
     return os.environ["MUJOCO_GL"]
+
+
+def render_view(renderer: Any, data: Any, camera: Any, quality: str) -> np.ndarray:
+    """Render one camera (id, name or MjvCamera) with a `mujoco.Renderer` at the schema's quality.
+
+    `fast` turns shadows, reflections and the skybox off: with software rendering they cost about
+    five times the rest of the frame, and a policy does not need them.
+    """
+    import mujoco
+
+    renderer.update_scene(data, camera=camera)
+    if quality == "fast":
+        for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION, mujoco.mjtRndFlag.mjRND_SKYBOX):
+            renderer.scene.flags[flag] = 0
+    return renderer.render()
