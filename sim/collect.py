@@ -220,17 +220,23 @@ def _run_pool(states: dict[str, TaskProgress], obs_config: ObservationConfig, wo
     pool = _new_pool(workers)
     try:
         while True:
-            while len(pending) < 2 * workers:
+            broken = False
+            while len(pending) < 2 * workers and not broken:
                 job = retry.pop() if retry else _next_job(states, in_flight, rr)
                 if job is None:
                     break
                 name, seed = job
                 steps = max_steps or states[name].store.schema.max_episode_steps
-                pending[pool.submit(_worker_rollout, states[name].spec, obs_config, seed, steps)] = job
+                try:
+                    pending[pool.submit(_worker_rollout, states[name].spec, obs_config, seed, steps)] = job
+                except BrokenProcessPool:  # a worker died between two submits
+                    retry.append(job)
+                    broken = True
+                    continue
                 in_flight[name] = in_flight.get(name, 0) + 1
-            if not pending:
+            if not pending and not broken:
                 return
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            done, _ = wait(pending, return_when=FIRST_COMPLETED) if pending else (set(), set())
             for future in done:
                 name, seed = pending.pop(future)
                 in_flight[name] -= 1
@@ -238,18 +244,19 @@ def _run_pool(states: dict[str, TaskProgress], obs_config: ObservationConfig, wo
                     result = future.result()
                 except BrokenProcessPool:
                     retry.append((name, seed))
+                    broken = True
                     continue
                 restarts = 0
                 _record(states[name], result, keep, report, bar)
-            if retry:  # a worker died: every job in flight is lost with the pool; start a new one
+            if broken:  # every job in flight is lost with the pool: retry them all in a new one
                 restarts += 1
                 if restarts > MAX_POOL_RESTARTS:
                     raise MtPolicyError(f"collection workers keep dying ({restarts} pool restarts in a row)")
-                report.warnings.append(f"a worker process died; restarted the pool and retried {len(retry) + len(pending)} episodes")
                 retry.extend(pending.values())
                 for name, _ in pending.values():
                     in_flight[name] -= 1
                 pending.clear()
+                report.warnings.append(f"a worker process died; restarted the pool and retried {len(retry)} episodes")
                 _shutdown(pool)
                 pool = _new_pool(workers)
     finally:
