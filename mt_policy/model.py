@@ -1,0 +1,260 @@
+"""`MultiTaskPolicy`: the exportable tensor core (encoder, task FiLM, trunk, per-task heads).
+
+    images (B, H, W, 3) uint8 per camera ─► CNN + spatial softmax ─┐
+    proprio (B, P) float (per-task normalised, zero-padded to P) ─► MLP ─┴► fuse ─► FiLM(task) ─► trunk
+    trunk ─► heads[task]: (B, Ta * A_task) ─► de-normalised chunk (B, Ta, A_task)
+
+Normalisation statistics are buffers, so a checkpoint (and its ONNX graph) carries them. The
+action-chunk queue lives outside, in `mt_policy.runner`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mt_policy.errors import SchemaError, unknown_name
+from mt_policy.schema import ObservationSchema, TaskInfo, TaskSchema, camera_key
+
+STD_FLOOR = 1e-2  # constant features (e.g. an unused gripper dim) must not blow up when normalised
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture hyper-parameters (saved in every checkpoint)."""
+
+    encoder_channels: tuple[int, ...] = (16, 32, 64, 64)
+    """Conv widths per camera; the first layers run at full resolution and dominate the cost."""
+    proprio_hidden: int = 64
+    feature_dim: int = 256
+    """Width of the fused feature that FiLM modulates."""
+    task_embedding_dim: int = 32
+    task_embedding_scale: float = 0.0
+    """Multiplier on the task embedding before FiLM; 0 disables task conditioning (heads still differ)."""
+    trunk_dims: tuple[int, ...] = (256, 256)
+    head_hidden: int = 256
+    action_chunk: int = 8
+    """Ta: future actions predicted per call."""
+    random_shift: int = 4
+    """Pixels of random-shift augmentation in training (0: none)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "encoder_channels", tuple(self.encoder_channels))
+        object.__setattr__(self, "trunk_dims", tuple(self.trunk_dims))
+        if not self.encoder_channels or min(self.encoder_channels) < 1:
+            raise ValueError(f"encoder_channels must be positive, got {self.encoder_channels}")
+        if self.action_chunk < 1 or self.feature_dim < 1 or self.task_embedding_dim < 1:
+            raise ValueError("action_chunk, feature_dim and task_embedding_dim must be >= 1")
+        if self.task_embedding_scale < 0 or self.random_shift < 0:
+            raise ValueError("task_embedding_scale and random_shift must be >= 0")
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    """One task of a policy: identity, schema, and its head's position."""
+
+    info: TaskInfo
+    schema: TaskSchema
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+
+@dataclass
+class NormStats:
+    """Per-task mean/std of proprio and actions, plus per-camera image mean/std (0..1 scale)."""
+
+    proprio: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    action: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    image: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+
+def shared_observation(tasks: list[TaskEntry]) -> ObservationSchema:
+    """The observation every task must share (cameras, image sizes, render quality); proprio padded to the max."""
+    if not tasks:
+        raise SchemaError("a policy needs at least one task")
+    first = tasks[0].schema.observation
+    for entry in tasks[1:]:
+        obs = entry.schema.observation
+        if obs.cameras != first.cameras or obs.render_quality != first.render_quality:
+            raise SchemaError(
+                f"task {entry.name} observes {[(c.name, c.height, c.width) for c in obs.cameras]} "
+                f"({obs.render_quality}), but {tasks[0].name} observes "
+                f"{[(c.name, c.height, c.width) for c in first.cameras]} ({first.render_quality}); "
+                f"one policy needs the same cameras and image size for every task"
+            )
+    return ObservationSchema(first.cameras, max(t.schema.observation.proprio_size for t in tasks),
+                             first.proprio_source, first.render_quality)
+
+
+class SpatialSoftmax(nn.Module):
+    """Expected (x, y) image position of each channel's activation: 2 numbers per channel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        attention = F.softmax(x.flatten(2), dim=-1).view(b, c, h, w)
+        ys = torch.linspace(-1.0, 1.0, h, device=x.device, dtype=x.dtype)
+        xs = torch.linspace(-1.0, 1.0, w, device=x.device, dtype=x.dtype)
+        ex = (attention.sum(dim=2) * xs).sum(dim=-1)  # (B, C)
+        ey = (attention.sum(dim=3) * ys).sum(dim=-1)  # (B, C)
+        return torch.cat([ex, ey], dim=1)  # (B, 2C)
+
+
+class CameraEncoder(nn.Module):
+    def __init__(self, channels: tuple[int, ...], out_dim: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = 3
+        for i, c_out in enumerate(channels):
+            stride = 2 if i < len(channels) - 1 else 1
+            # No normalisation layer: GroupNorm halved training throughput on 2 CPU cores for no gain here.
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.ReLU()]
+            c_in = c_out
+        self.conv = nn.Sequential(*layers)
+        self.keypoints = SpatialSoftmax()
+        self.proj = nn.Linear(2 * c_in, out_dim)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) normalised
+        return F.relu(self.proj(self.keypoints(self.conv(image))))
+
+
+def random_shift(images: torch.Tensor, pad: int) -> torch.Tensor:
+    """DrQ-style augmentation: replicate-pad by `pad` pixels, crop back at a random offset per sample."""
+    b, c, h, w = images.shape
+    padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")
+    ox = torch.randint(0, 2 * pad + 1, (b,), device=images.device)
+    oy = torch.randint(0, 2 * pad + 1, (b,), device=images.device)
+    rows = (oy[:, None] + torch.arange(h, device=images.device)[None, :])  # (B, H)
+    cols = (ox[:, None] + torch.arange(w, device=images.device)[None, :])  # (B, W)
+    batch = torch.arange(b, device=images.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+def _mlp(dims: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(len(dims) - 1):
+        layers.append(nn.Linear(dims[i], dims[i + 1]))
+        if i < len(dims) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class MultiTaskPolicy(nn.Module):
+    """Shared encoder + task-conditioned trunk + one head per task (each with its own action size)."""
+
+    def __init__(self, config: ModelConfig, tasks: list[TaskEntry], stats: NormStats | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.tasks = list(tasks)
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise SchemaError(f"duplicate task names {names}")
+        self.observation = shared_observation(self.tasks)
+        self.task_index = {name: i for i, name in enumerate(names)}
+        n_tasks, p = len(self.tasks), self.observation.proprio_size
+
+        self.encoders = nn.ModuleDict({c.name: CameraEncoder(config.encoder_channels, config.feature_dim)
+                                       for c in self.observation.cameras})
+        self.proprio_mlp = _mlp([p, config.proprio_hidden, config.feature_dim])
+        self.fuse = nn.Linear(config.feature_dim * (len(self.encoders) + 1), config.feature_dim)
+        self.task_embedding = nn.Embedding(n_tasks, config.task_embedding_dim)
+        self.film = nn.Linear(config.task_embedding_dim, 2 * config.feature_dim, bias=False)
+        nn.init.zeros_(self.film.weight)  # start as the identity modulation
+        self.trunk = _mlp([config.feature_dim, *config.trunk_dims])
+        trunk_out = config.trunk_dims[-1] if config.trunk_dims else config.feature_dim
+        self.heads = nn.ModuleDict({
+            t.name: _mlp([trunk_out, config.head_hidden, config.action_chunk * t.schema.action.size]) for t in self.tasks
+        })
+        # Normalisation buffers (identity until `set_stats`).
+        self.register_buffer("proprio_mean", torch.zeros(n_tasks, p))
+        self.register_buffer("proprio_std", torch.ones(n_tasks, p))
+        for c in self.observation.cameras:
+            self.register_buffer(f"image_mean_{c.name}", torch.full((3,), 0.5))
+            self.register_buffer(f"image_std_{c.name}", torch.full((3,), 0.25))
+        for t in self.tasks:
+            a = t.schema.action.size
+            self.register_buffer(f"action_mean_{self.task_index[t.name]}", torch.zeros(a))
+            self.register_buffer(f"action_std_{self.task_index[t.name]}", torch.ones(a))
+        if stats is not None:
+            self.set_stats(stats)
+
+    # ------------------------------------------------------------------ normalisation
+    def set_stats(self, stats: NormStats) -> None:
+        with torch.no_grad():
+            for name, (mean, std) in stats.proprio.items():
+                i = self.task_index[name]
+                self.proprio_mean[i, : len(mean)] = torch.as_tensor(mean, dtype=torch.float32)
+                self.proprio_std[i, : len(std)] = torch.as_tensor(np.maximum(std, STD_FLOOR), dtype=torch.float32)
+            for name, (mean, std) in stats.action.items():
+                i = self.task_index[name]
+                getattr(self, f"action_mean_{i}").copy_(torch.as_tensor(mean, dtype=torch.float32))
+                getattr(self, f"action_std_{i}").copy_(torch.as_tensor(np.maximum(std, STD_FLOOR), dtype=torch.float32))
+            for cam, (mean, std) in stats.image.items():
+                getattr(self, f"image_mean_{cam}").copy_(torch.as_tensor(mean, dtype=torch.float32))
+                getattr(self, f"image_std_{cam}").copy_(torch.as_tensor(np.maximum(std, STD_FLOOR), dtype=torch.float32))
+
+    def task_ids(self, tasks: str | list[str] | torch.Tensor, batch: int) -> torch.Tensor:
+        """Task indices (B,) from a name, a list of names, or indices; unknown ones list the known tasks."""
+        if isinstance(tasks, torch.Tensor):
+            ids = tasks.long().reshape(-1)
+            if ids.numel() and (ids.min() < 0 or ids.max() >= len(self.tasks)):
+                bad = int(ids[(ids < 0) | (ids >= len(self.tasks))][0])
+                raise unknown_name("task index", str(bad), [f"{i} ({t.name})" for i, t in enumerate(self.tasks)])
+            return ids
+        names = [tasks] * batch if isinstance(tasks, str) else list(tasks)
+        for name in names:
+            if name not in self.task_index:
+                raise unknown_name("task", name, list(self.task_index))
+        return torch.tensor([self.task_index[n] for n in names], dtype=torch.long)
+
+    def normalize_action(self, task: str, action: torch.Tensor) -> torch.Tensor:
+        i = self.task_index[task]
+        return (action - getattr(self, f"action_mean_{i}")) / getattr(self, f"action_std_{i}")
+
+    def denormalize_action(self, task: str, action: torch.Tensor) -> torch.Tensor:
+        i = self.task_index[task]
+        return action * getattr(self, f"action_std_{i}") + getattr(self, f"action_mean_{i}")
+
+    # ------------------------------------------------------------------ forward
+    def features(self, obs: Mapping[str, torch.Tensor], task_ids: torch.Tensor) -> torch.Tensor:
+        """Trunk features (B, D). `obs` holds 'obs/<camera>' uint8 (B, H, W, 3) and 'obs/proprio' (B, P_task)."""
+        proprio = obs["obs/proprio"].float()
+        p = self.observation.proprio_size
+        if proprio.shape[-1] < p:
+            proprio = F.pad(proprio, (0, p - proprio.shape[-1]))
+        proprio = (proprio - self.proprio_mean[task_ids]) / self.proprio_std[task_ids]
+        parts = [self.proprio_mlp(proprio)]
+        for name, encoder in self.encoders.items():
+            image = obs[camera_key(name)].permute(0, 3, 1, 2).float() / 255.0  # (B, 3, H, W)
+            if self.training and self.config.random_shift:
+                image = random_shift(image, self.config.random_shift)
+            image = (image - getattr(self, f"image_mean_{name}")[None, :, None, None]) / getattr(
+                self, f"image_std_{name}")[None, :, None, None]
+            parts.append(encoder(image))
+        fused = F.relu(self.fuse(torch.cat(parts, dim=-1)))
+        gamma, beta = self.film(self.task_embedding(task_ids) * self.config.task_embedding_scale).chunk(2, dim=-1)
+        return self.trunk(fused * (1.0 + gamma) + beta)
+
+    def head(self, task: str, features: torch.Tensor) -> torch.Tensor:
+        """Normalised action chunk (B, Ta, A_task) of one task's head."""
+        out = self.heads[task](features)
+        return out.view(features.shape[0], self.config.action_chunk, -1)
+
+    def forward(self, obs: Mapping[str, torch.Tensor], task: str) -> torch.Tensor:
+        """De-normalised action chunk (B, Ta, A_task) for a batch of one task."""
+        if task not in self.task_index:
+            raise unknown_name("task", task, list(self.task_index))
+        batch = obs["obs/proprio"].shape[0]
+        ids = torch.full((batch,), self.task_index[task], dtype=torch.long, device=obs["obs/proprio"].device)
+        return self.denormalize_action(task, self.head(task, self.features(obs, ids)))
+
+    def describe(self) -> dict[str, Any]:
+        return {"config": asdict(self.config), "tasks": [t.name for t in self.tasks],
+                "parameters": sum(p.numel() for p in self.parameters())}

@@ -1,0 +1,264 @@
+"""The multitask policy and its trainer on tiny synthetic stores: heads, FiLM switch, balancers,
+task-balanced sampling, checkpoints (round trip and golden outputs), resume, Hydra precedence."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_episode
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from mt_policy.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from mt_policy.demo_store import DemoStore
+from mt_policy.errors import UnknownNameError
+from mt_policy.model import ModelConfig, MultiTaskPolicy, TaskEntry
+from mt_policy.runner import ChunkRunner, torch_predictor
+from mt_policy.schema import ActionSchema, CameraSpec, ObservationSchema, TaskInfo, TaskSchema
+from training.balancers import make_balancer
+from training.config import register_configs, resolve_tasks
+from training.data import task_probabilities
+from training.trainer import Trainer
+
+CONF = Path(__file__).resolve().parents[1] / "training" / "conf"
+GOLDEN = Path(__file__).resolve().parent / "golden"
+TINY_MODEL = {"encoder_channels": [4, 8], "proprio_hidden": 8, "feature_dim": 16, "task_embedding_dim": 4,
+              "trunk_dims": [16], "head_hidden": 16, "action_chunk": 4, "random_shift": 1}
+
+
+def schema(action_size: int, proprio: int = 3) -> TaskSchema:
+    return TaskSchema(ObservationSchema((CameraSpec("cam", 8, 8),), proprio),
+                      ActionSchema(action_size, (-1.0,) * action_size, (1.0,) * action_size), 10.0, 20)
+
+
+def entry(name: str, action_size: int, proprio: int = 3) -> TaskEntry:
+    return TaskEntry(TaskInfo(name, f"do {name}", "toy/Env-v0", "toy", "easy"), schema(action_size, proprio))
+
+
+def write_store(root: Path, name: str, action_size: int, episodes: int, proprio: int = 3, seed: int = 0) -> Path:
+    s, rng = schema(action_size, proprio), np.random.default_rng(seed)
+    store = DemoStore.create(root / f"{name}.zarr", s, TaskInfo(name, f"do {name}", "toy/Env-v0", "toy", "easy"))
+    mixing = rng.normal(size=(proprio, action_size))
+    for i in range(episodes):
+        episode = make_episode(s, 6 + i % 3, rng)
+        # A learnable target: the action is a fixed function of the proprio vector.
+        episode["action"] = np.tanh(episode["obs/proprio"] @ mixing).astype(np.float32)
+        store.append_episode(episode, seed=i, success=True, expert="toy")
+    store.close()
+    return store.path
+
+
+@pytest.fixture
+def stores(tmp_path) -> Path:
+    root = tmp_path / "data"
+    write_store(root, "four", 4, episodes=6, seed=1)
+    write_store(root, "two", 2, episodes=3, proprio=5, seed=2)
+    return root
+
+
+def run_config(root: Path, **overrides) -> OmegaConf:
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[
+            f"data.root={root}", "data.suite=null", "+data.tasks={four:{},two:{}}",
+            "train.steps=6", "train.batch_size=8", "train.log_every=1", "train.checkpoint_every=3",
+            "train.progress=false", "optim.warmup_steps=2", "eval.final=false",
+            *[f"model.{k}=[{','.join(map(str, v))}]" if isinstance(v, list) else f"model.{k}={v}"
+              for k, v in TINY_MODEL.items()],
+            *[f"{k}={v}" for k, v in overrides.items()],
+        ])
+    return cfg
+
+
+def tiny_obs(batch: int, proprio: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"obs/cam": torch.randint(0, 256, (batch, 8, 8, 3), dtype=torch.uint8, generator=g),
+            "obs/proprio": torch.randn(batch, proprio, generator=g)}
+
+
+# ---------------------------------------------------------------------------------------------- model
+def test_heads_have_their_own_action_sizes_in_one_model():
+    model = MultiTaskPolicy(ModelConfig(**TINY_MODEL), [entry("four", 4), entry("two", 2, proprio=5)]).eval()
+    assert model(tiny_obs(3), "four").shape == (3, 4, 4)
+    assert model(tiny_obs(2, proprio=5), "two").shape == (2, 4, 2)
+    assert model.observation.proprio_size == 5  # padded to the widest task
+
+
+def test_unknown_task_names_and_indices_list_the_known_tasks():
+    model = MultiTaskPolicy(ModelConfig(**TINY_MODEL), [entry("four", 4), entry("two", 2)])
+    with pytest.raises(UnknownNameError, match="known tasks: four, two"):
+        model(tiny_obs(1), "three")
+    with pytest.raises(UnknownNameError, match=r"task index '5'.*0 \(four\), 1 \(two\)"):
+        model.task_ids(torch.tensor([0, 5]), 2)
+
+
+def test_task_embedding_scale_zero_disables_conditioning_and_one_enables_it():
+    torch.manual_seed(0)
+    for scale, should_differ in ((0.0, False), (1.0, True)):
+        model = MultiTaskPolicy(ModelConfig(**TINY_MODEL | {"task_embedding_scale": scale}),
+                                [entry("a", 4), entry("b", 4)]).eval()
+        torch.nn.init.normal_(model.film.weight)  # as after training
+        obs = tiny_obs(2)
+        f_a = model.features(obs, torch.tensor([0, 0]))
+        f_b = model.features(obs, torch.tensor([1, 1]))
+        assert (not torch.allclose(f_a, f_b)) == should_differ, f"scale {scale}"
+
+
+# ---------------------------------------------------------------------------------------------- balancers
+@pytest.mark.parametrize("name", ["equal", "samples", "inverse_loss", "uncertainty"])
+def test_balancers_weigh_present_tasks_and_survive_absent_ones(name):
+    tasks = ["a", "b", "c"]
+    balancer = make_balancer(name, tasks, {"a": 10, "b": 30, "c": 20})
+    params = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    for _ in range(3):
+        losses = {"a": (params**2).sum() * 0.1, "b": (params**2).sum() * 2.0}  # "c" absent from the batch
+        weights = balancer.backward(losses, [params])
+        assert set(weights) == {"a", "b"}
+        assert all(np.isfinite(w) and w > 0 for w in weights.values())
+        assert torch.isfinite(params.grad).all()
+        params.grad = None
+    if name == "equal":
+        assert weights == {"a": 1.0, "b": 1.0}
+    elif name == "samples":
+        assert weights["b"] == pytest.approx(3 * weights["a"]) and sum(weights.values()) == pytest.approx(2.0)
+    elif name == "inverse_loss":
+        assert weights["a"] > weights["b"] and sum(weights.values()) == pytest.approx(2.0)
+        assert weights["a"] / weights["b"] == pytest.approx(20.0, rel=1e-4)  # inverse of the loss ratio
+    else:
+        assert balancer.log_variance.grad is not None and balancer.log_variance.grad[2] == 0
+    assert balancer.backward({}, [params]) == {}
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+def test_task_probabilities_for_each_mode():
+    counts, weights = [10, 40], [1.0, 1.0]
+    assert task_probabilities("uniform", counts, weights).tolist() == [0.5, 0.5]
+    assert task_probabilities("proportional", counts, weights).tolist() == pytest.approx([0.2, 0.8])
+    assert task_probabilities("temperature", counts, weights, temperature=2.0).tolist() == pytest.approx([1 / 3, 2 / 3])
+    assert task_probabilities("uniform", counts, [3.0, 1.0]).tolist() == pytest.approx([0.75, 0.25])
+
+
+def test_batches_follow_the_sampling_ratios(stores):
+    trainer = Trainer(run_config(stores, **{"data.sampling": "proportional"}), stores.parent / "run")
+    assert trainer.probabilities.tolist() == pytest.approx([6 / 9, 3 / 9])
+    counts = {"four": 0, "two": 0}
+    for _ in range(200):
+        batch = trainer.batcher.sample(trainer.rng, 16)
+        for task, rows in batch.slices.items():
+            counts[task] += rows.stop - rows.start
+            assert batch.actions[task].shape[-1] == {"four": 4, "two": 2}[task]
+        assert batch.obs["obs/proprio"].shape[1] == 5
+    assert counts["four"] / sum(counts.values()) == pytest.approx(2 / 3, abs=0.02)
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+def test_checkpoint_round_trip_rebuilds_the_same_model(tmp_path):
+    model = MultiTaskPolicy(ModelConfig(**TINY_MODEL), [entry("four", 4), entry("two", 2, proprio=5)]).eval()
+    with torch.no_grad():
+        model.proprio_mean.normal_()
+        model.action_std_1.fill_(3.0)
+    path = save_checkpoint(model, tmp_path / "ckpt", {"note": "test"})
+    loaded, manifest = load_checkpoint(path)
+    assert not list(path.glob("*.pkl")) and (path / "model.safetensors").is_file()
+    assert [t["name"] for t in manifest["tasks"]] == ["four", "two"] and manifest["provenance"]["note"] == "test"
+    obs = tiny_obs(2, proprio=5)
+    torch.testing.assert_close(loaded(obs, "two"), model(obs, "two"), rtol=0, atol=0)
+
+
+def test_loading_a_newer_checkpoint_format_fails_clearly(tmp_path):
+    model = MultiTaskPolicy(ModelConfig(**TINY_MODEL), [entry("four", 4)])
+    path = save_checkpoint(model, tmp_path / "ckpt")
+    manifest = json.loads((path / "policy.json").read_text())
+    manifest["format_version"] = 99
+    (path / "policy.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="format_version 99 is newer"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        load_checkpoint(tmp_path)
+
+
+def test_golden_checkpoint_outputs_are_unchanged():
+    """A committed tiny checkpoint and its outputs guard numerics and the format across refactors."""
+    model, _ = load_checkpoint(GOLDEN / "tiny_policy")
+    expected = np.load(GOLDEN / "tiny_policy_outputs.npz")
+    obs = {"obs/cam": torch.from_numpy(expected["cam"]), "obs/proprio": torch.from_numpy(expected["proprio"])}
+    for task in ("four", "two"):
+        out = model({"obs/cam": obs["obs/cam"], "obs/proprio": obs["obs/proprio"]}, task).detach().numpy()
+        np.testing.assert_allclose(out, expected[task], rtol=1e-5, atol=1e-6, err_msg=task)
+
+
+def test_chunk_runner_receding_horizon_and_temporal_ensemble():
+    calls = []
+
+    def predict(obs):
+        calls.append(obs["t"])
+        return np.arange(4, dtype=np.float32)[:, None] + 10 * obs["t"]  # chunk (4, 1)
+
+    runner = ChunkRunner(predict, chunk=4, n_action_steps=2)
+    actions = [float(runner.act({"t": t})[0]) for t in range(4)]
+    assert actions == [0.0, 1.0, 20.0, 21.0] and calls == [0, 2]
+    ensemble = ChunkRunner(predict, chunk=4, temporal_ensemble=0.0)  # plain average of overlapping chunks
+    assert [float(ensemble.act({"t": t})[0]) for t in range(2)] == [0.0, pytest.approx((1 + 10) / 2)]
+
+
+def test_torch_predictor_uses_the_model_for_one_task():
+    model = MultiTaskPolicy(ModelConfig(**TINY_MODEL), [entry("four", 4)]).eval()
+    obs = {k: v[0].numpy() for k, v in tiny_obs(1).items()}
+    chunk = torch_predictor(model, "four")(obs)
+    assert chunk.shape == (4, 4) and np.isfinite(chunk).all()
+    with pytest.raises(UnknownNameError):
+        torch_predictor(model, "five")
+
+
+# ---------------------------------------------------------------------------------------------- trainer
+def _losses(log: Path) -> dict[int, float]:
+    with log.open() as f:
+        return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(f)}
+
+
+def test_resume_continues_the_same_loss_curve(stores, tmp_path):
+    straight = Trainer(run_config(stores), tmp_path / "straight")
+    straight.fit()
+    first = Trainer(run_config(stores, **{"train.steps": 3}), tmp_path / "resumed")
+    first.fit()
+    resumed = Trainer(run_config(stores), tmp_path / "resumed")
+    resumed.fit(tmp_path / "resumed" / "checkpoints" / "last")
+    a, b = _losses(tmp_path / "straight" / "train_log.csv"), _losses(tmp_path / "resumed" / "train_log.csv")
+    assert sorted(b) == list(range(1, 7))
+    assert [a[s] for s in range(1, 7)] == pytest.approx([b[s] for s in range(1, 7)], rel=1e-6, abs=1e-7)
+    model, manifest = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last")
+    assert manifest["provenance"]["step"] == 6 and set(manifest["provenance"]["demo_seeds"]) == {"four", "two"}
+
+
+def test_training_reduces_the_loss_on_every_task(stores, tmp_path):
+    cfg = run_config(stores, **{"train.steps": 120, "train.batch_size": 32, "train.log_every": 10,
+                                "train.checkpoint_every": 1000, "optim.lr": 3e-3})
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.fit()
+    with (tmp_path / "run" / "train_log.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    for task in ("four", "two"):
+        series = [float(r[f"loss/{task}"]) for r in rows if r[f"loss/{task}"]]
+        assert series[-1] < 0.8 * series[0], task
+    assert (tmp_path / "run" / "tensorboard").is_dir()
+
+
+def test_hydra_override_precedence_global_beats_per_task(stores):
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        per_task = compose("train", overrides=["data=mt3_explicit"])
+        global_wins = compose("train", overrides=["data=mt3_explicit", "data.weight=1.5"])
+        cli_task = compose("train", overrides=["data=mt3_explicit", "data.tasks.reach-v3.weight=4"])
+        with pytest.raises(Exception, match="wieght"):
+            compose("train", overrides=["data.wieght=2"])  # misspelt keys fail loudly
+    weights = {t.name: t.weight for t in resolve_tasks(per_task.data, [])}
+    assert weights == {"reach-v3": 2.0, "button-press-topdown-v3": 1.0, "drawer-close-v3": 1.0}
+    assert {t.weight for t in resolve_tasks(global_wins.data, [])} == {1.5}
+    assert resolve_tasks(cli_task.data, [])[0].weight == 4.0
+    stores_ = {t.name: t.store for t in resolve_tasks(per_task.data, [])}
+    assert stores_["reach-v3"] == "data/mt3/reach-v3.zarr" and stores_["drawer-close-v3"] == "data/mt3/drawer-close-v3.zarr"

@@ -1,0 +1,162 @@
+"""Typed run configuration, registered with Hydra so a misspelt key fails loudly.
+
+A run config = data (which stores, how tasks are mixed) + model + optim + train + eval. Per-task data
+configs may carry local settings (sampling `weight`, `max_episodes`); the global value of the same
+setting in `data`, when set (from a config file or the command line), wins over every per-task one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+SAMPLING = ("uniform", "proportional", "temperature")
+BALANCERS = ("equal", "samples", "inverse_loss", "uncertainty")
+
+
+@dataclass
+class TaskDataConfig:
+    store: str | None = None
+    """Path of the task's demo store; default `<data.root>/<task>.zarr`."""
+    weight: float | None = None
+    """Local sampling-weight multiplier (default 1)."""
+    max_episodes: int | None = None
+    """Use only the first N episodes of the store (default: all)."""
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/mt3"
+    """Directory holding `<task>.zarr` stores for tasks that name no store."""
+    suite: str | None = "mt3"
+    """A suite whose tasks all join the run (null: only `tasks`)."""
+    suite_file: str | None = None
+    """YAML file with more suites/tasks (see `sim.suites`)."""
+    tasks: dict[str, TaskDataConfig] = field(default_factory=dict)
+    """Per-task data configs, keyed by task name; they add to the suite's tasks or refine them."""
+    sampling: str = "uniform"
+    """How batch slots are shared between tasks: uniform | proportional (to demos) | temperature."""
+    temperature: float = 2.0
+    """For `temperature`: p_t proportional to n_t^(1/T); T=1 is proportional, T->inf uniform."""
+    weight: float | None = None
+    """Global sampling weight for every task; when set it beats the per-task `weight`."""
+    max_episodes: int | None = None
+    """Global cap on episodes per task; when set it beats the per-task `max_episodes`."""
+    val_fraction: float = 0.0
+    """Episodes held out of training per task (for validation loss)."""
+
+
+@dataclass
+class ModelCfg:
+    encoder_channels: list[int] = field(default_factory=lambda: [16, 32, 64, 64])
+    proprio_hidden: int = 64
+    feature_dim: int = 256
+    task_embedding_dim: int = 32
+    task_embedding_scale: float = 0.0
+    trunk_dims: list[int] = field(default_factory=lambda: [256, 256])
+    head_hidden: int = 256
+    action_chunk: int = 8
+    random_shift: int = 4
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 200
+    min_lr_ratio: float = 0.05
+    """Cosine decay ends at lr * min_lr_ratio."""
+    grad_clip: float = 1.0
+    """Max global gradient norm (0: no clipping)."""
+    ema_decay: float = 0.995
+    """EMA of the weights used for eval and checkpoints (0: no EMA)."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 128
+    seed: int = 0
+    balancer: str = "equal"
+    """equal | samples | inverse_loss | uncertainty (gradient-based ones arrive later)."""
+    inverse_loss_momentum: float = 0.9
+    """For `inverse_loss`: EMA momentum of the detached per-task losses."""
+    checkpoint_every: int = 500
+    log_every: int = 50
+    threads: int = 0
+    """torch CPU threads (0: all cores)."""
+    device: str = "cpu"
+    resume: bool = False
+    """Continue from `<run dir>/checkpoints/last` (use `mt-policy train --resume RUN_DIR`)."""
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0
+    """Evaluate in sim every N steps (0: only at the end when `final` is set)."""
+    final: bool = True
+    episodes: int = 10
+    workers: int = 2
+    n_action_steps: int | None = None
+    """Actions executed per predicted chunk (default: the whole chunk)."""
+    max_steps: int | None = None
+    """Cap on episode length (default: the task's limit)."""
+    videos: int = 1
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelCfg = field(default_factory=ModelCfg)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="run_schema", node=RunConfig)
+
+
+@dataclass(frozen=True)
+class ResolvedTask:
+    """One task's data settings after precedence (global > per-task > default) is applied."""
+
+    name: str
+    store: str
+    weight: float
+    max_episodes: int | None
+
+
+def resolve_tasks(data: Any, suite_tasks: list[str]) -> list[ResolvedTask]:
+    """Tasks of the run in order (suite first, then extra per-task entries), with settings resolved."""
+    names = list(suite_tasks) + [t for t in data.tasks if t not in suite_tasks]
+    if not names:
+        raise ValueError("the run has no tasks: set data.suite or data.tasks")
+    resolved = []
+    for name in names:
+        local = data.tasks.get(name) or TaskDataConfig()
+        store = local.store or f"{data.root}/{name}.zarr"
+        weight = data.weight if data.weight is not None else (local.weight if local.weight is not None else 1.0)
+        max_eps = data.max_episodes if data.max_episodes is not None else local.max_episodes
+        if weight <= 0:
+            raise ValueError(f"task {name}: sampling weight must be > 0, got {weight}")
+        resolved.append(ResolvedTask(name, store, float(weight), max_eps))
+    return resolved
+
+
+def validate(cfg: Any) -> None:
+    """Choice fields and ranges that the type schema cannot check."""
+    if cfg.data.sampling not in SAMPLING:
+        raise ValueError(f"data.sampling {cfg.data.sampling!r} not one of {SAMPLING}")
+    if cfg.train.balancer not in BALANCERS:
+        raise ValueError(f"train.balancer {cfg.train.balancer!r} not one of {BALANCERS}")
+    if cfg.data.temperature <= 0:
+        raise ValueError("data.temperature must be > 0")
+    if not 0 <= cfg.data.val_fraction < 1:
+        raise ValueError("data.val_fraction must be in [0, 1)")
+    if cfg.train.steps < 1 or cfg.train.batch_size < 1:
+        raise ValueError("train.steps and train.batch_size must be >= 1")

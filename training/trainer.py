@@ -1,0 +1,308 @@
+"""The multitask behaviour-cloning trainer: one loop for every task mix and loss balancer.
+
+Per step: a task-balanced batch -> shared features -> each present task's head -> per-task masked
+L1 loss on normalised action chunks -> the balancer's backward -> clip -> AdamW (warmup + cosine)
+-> EMA. Every `checkpoint_every` steps `checkpoints/last` is rewritten atomically with everything a
+resume needs (raw weights, optimiser, balancer, RNG states), so a resumed run continues the same
+loss curve. The EMA weights are what checkpoints expose for eval and export.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import os
+import subprocess
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
+
+from mt_policy.checkpoint import WEIGHTS, load_extra, save_checkpoint
+from mt_policy.demo_store import DemoStore, LoadedDemos
+from mt_policy.errors import MtPolicyError
+from mt_policy.model import ModelConfig, MultiTaskPolicy, NormStats, TaskEntry
+from mt_policy.stats import RunningStats
+from training.balancers import LossBalancer, make_balancer
+from training.config import ResolvedTask, resolve_tasks, validate
+from training.data import Batch, MultiTaskBatcher, task_probabilities
+
+LAST = "last"
+STATE_FILE = "trainer_state.json"
+
+
+def load_demos(tasks: list[ResolvedTask]) -> dict[str, LoadedDemos]:
+    demos = {}
+    for task in tasks:
+        store = DemoStore.open(task.store)
+        if store.task.name != task.name:
+            raise MtPolicyError(f"{task.store}: holds task {store.task.name!r}, but the run config lists it as {task.name!r}")
+        if store.n_episodes == 0:
+            raise MtPolicyError(f"{task.store}: the store is empty; collect demos first (mt-policy collect)")
+        demos[task.name] = store.load()
+    return demos
+
+
+def norm_stats(demos: dict[str, LoadedDemos]) -> NormStats:
+    """Per-task proprio/action stats and per-camera image stats merged over tasks (from the stores' stats)."""
+    stats = NormStats()
+    images: dict[str, RunningStats] = {}
+    for name, loaded in demos.items():
+        s = loaded.stats
+        stats.proprio[name] = (s["obs/proprio"].mean, s["obs/proprio"].std)
+        stats.action[name] = (s["action"].mean, s["action"].std)
+        for cam in loaded.schema.observation.camera_names:
+            key = f"obs/{cam}"
+            images[cam] = images[cam].merge(s[key]) if cam in images else s[key]
+    stats.image = {cam: (r.mean / 255.0, r.std / 255.0) for cam, r in images.items()}
+    return stats
+
+
+def lr_at(step: int, cfg: Any) -> float:
+    """Linear warmup to `lr`, then cosine decay to `lr * min_lr_ratio` at the last step."""
+    o, total = cfg.optim, cfg.train.steps
+    if step < o.warmup_steps:
+        return o.lr * (step + 1) / o.warmup_steps
+    progress = (step - o.warmup_steps) / max(1, total - o.warmup_steps)
+    return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def task_losses(model: MultiTaskPolicy, batch: Batch) -> dict[str, torch.Tensor]:
+    """Masked L1 per task on normalised action chunks; only tasks present in the batch appear."""
+    features = model.features(batch.obs, batch.task_ids)
+    losses = {}
+    for task, rows in batch.slices.items():
+        pred = model.head(task, features[rows])  # (n, Ta, A)
+        target = model.normalize_action(task, batch.actions[task])
+        valid = (~batch.action_is_pad[task]).float()  # (n, Ta)
+        losses[task] = ((pred - target).abs().mean(-1) * valid).sum() / valid.sum().clamp_min(1.0)
+    return losses
+
+
+class Trainer:
+    def __init__(self, cfg: Any, run_dir: str | Path) -> None:
+        validate(cfg)
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
+        torch.manual_seed(cfg.train.seed)
+        self.rng = np.random.default_rng(cfg.train.seed)
+
+        suite_tasks = self._suite_tasks()
+        self.tasks = resolve_tasks(cfg.data, suite_tasks)
+        self.demos = load_demos(self.tasks)
+        entries = [TaskEntry(d.task, d.schema) for d in self.demos.values()]
+        model_cfg = ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True))
+        self.model = MultiTaskPolicy(model_cfg, entries, norm_stats(self.demos))
+        self.ema = copy.deepcopy(self.model) if cfg.optim.ema_decay > 0 else None
+        names = [t.name for t in self.tasks]
+        demo_counts = [self.demos[t].n_episodes for t in names]
+        self.probabilities = task_probabilities(cfg.data.sampling, demo_counts, [t.weight for t in self.tasks],
+                                                cfg.data.temperature)
+        self.batcher = MultiTaskBatcher(self.demos, self.model.task_index, self.probabilities, model_cfg.action_chunk,
+                                        self.model.observation.proprio_size, cfg.data.val_fraction, cfg.train.seed,
+                                        {t.name: t.max_episodes for t in self.tasks})
+        self.balancer: LossBalancer = make_balancer(cfg.train.balancer, names, dict(zip(names, demo_counts, strict=True)),
+                                                    cfg.train.inverse_loss_momentum)
+        self.shared = [p for n, p in self.model.named_parameters() if not n.startswith("heads.")]
+        self.optimizer = torch.optim.AdamW(list(self.model.parameters()) + list(self.balancer.parameters()),
+                                           lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.step = 0
+        self.log_path = self.run_dir / "train_log.csv"
+        self.writer = None
+
+    def _suite_tasks(self) -> list[str]:
+        if self.cfg.data.suite is None:
+            return []
+        from sim.suites import get_suite, load_suite_file  # training -> sim is allowed (periodic eval too)
+
+        if self.cfg.data.suite_file:
+            load_suite_file(self.cfg.data.suite_file)
+        return [t.name for t in get_suite(self.cfg.data.suite)]
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self) -> dict[str, float]:
+        self.model.train()
+        lr = lr_at(self.step, self.cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batch = self.batcher.sample(self.rng, self.cfg.train.batch_size)
+        losses = task_losses(self.model, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        weights = self.balancer.backward(losses, self.shared)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                   self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf"))
+        self.optimizer.step()
+        self._update_ema()
+        self.step += 1
+        row = {"step": self.step, "lr": lr, "loss": float(np.mean([float(v.detach()) for v in losses.values()])),
+               "grad_norm": float(grad_norm)}
+        row |= {f"loss/{t}": float(v.detach()) for t, v in losses.items()}
+        row |= {f"weight/{t}": w for t, w in weights.items()}
+        row |= {f"samples/{t}": s.stop - s.start for t, s in batch.slices.items()}
+        return row
+
+    def _update_ema(self) -> None:
+        if self.ema is None:
+            return
+        decay = min(self.cfg.optim.ema_decay, (1 + self.step) / (10 + self.step))
+        with torch.no_grad():
+            for e, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
+                e.lerp_(p, 1 - decay)
+            for e, b in zip(self.ema.buffers(), self.model.buffers(), strict=True):
+                e.copy_(b)
+
+    @property
+    def policy(self) -> MultiTaskPolicy:
+        """The weights to evaluate and ship: the EMA when enabled."""
+        return self.ema if self.ema is not None else self.model
+
+    # ------------------------------------------------------------------ checkpoints
+    def provenance(self) -> dict[str, Any]:
+        return {
+            "trainer": "mt-policy train",
+            "step": self.step,
+            "run_dir": str(self.run_dir),
+            "stores": {t.name: str(Path(t.store).resolve()) for t in self.tasks},
+            "demo_seeds": {n: d.episodes["seed"].tolist() for n, d in self.demos.items()},
+            "sampling_probabilities": dict(zip([t.name for t in self.tasks], self.probabilities.tolist(), strict=True)),
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "git_commit": _git_commit(),
+            "ema": self.ema is not None,
+        }
+
+    def save(self, name: str = LAST) -> Path:
+        optim = self.optimizer.state_dict()
+        tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors |= {f"balancer.{k}": v for k, v in self.balancer.state_dict().items()}
+        for idx, state in optim["state"].items():
+            tensors |= {f"optim.{idx}.{k}": torch.as_tensor(v) for k, v in state.items()}
+        tensors["torch_rng"] = torch.get_rng_state()
+        state = {"step": self.step, "numpy_rng": self.rng.bit_generator.state,
+                 "param_groups": optim["param_groups"], "optim_keys": {str(i): list(s) for i, s in optim["state"].items()}}
+        path = save_checkpoint(self.policy, self.run_dir / "checkpoints" / name, self.provenance(),
+                               extra_tensors={"resume": tensors}, extra_files={STATE_FILE: json.dumps(state)})
+        return path
+
+    def restore(self, path: Path) -> None:
+        tensors = load_extra(path, "resume")
+        state_file = path / STATE_FILE
+        if tensors is None or not state_file.is_file():
+            raise MtPolicyError(f"{path}: no resume state (resume.safetensors + {STATE_FILE}); cannot resume from it")
+        state = json.loads(state_file.read_text())
+        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        self.balancer.load_state_dict({k[9:]: v for k, v in tensors.items() if k.startswith("balancer.")})
+        if self.ema is not None:
+            self.ema.load_state_dict(load_file(str(path / WEIGHTS)))
+        optim_state = {int(i): {k: tensors[f"optim.{i}.{k}"] for k in keys} for i, keys in state["optim_keys"].items()}
+        self.optimizer.load_state_dict({"state": optim_state, "param_groups": state["param_groups"]})
+        torch.set_rng_state(tensors["torch_rng"])
+        self.rng.bit_generator.state = state["numpy_rng"]
+        self.step = int(state["step"])
+
+    # ------------------------------------------------------------------ logging
+    def _open_logs(self, resumed: bool) -> None:
+        if resumed and self.log_path.exists():  # drop rows logged after the checkpoint we resume from
+            with self.log_path.open() as f:
+                rows = list(csv.DictReader(f))
+            self._write_rows([r for r in rows if int(r["step"]) <= self.step], mode="w")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step + 1 if resumed else None)
+        except ImportError:
+            self.writer = None
+
+    def _columns(self) -> list[str]:
+        names = [t.name for t in self.tasks]
+        return (["step", "lr", "loss", "grad_norm", "samples_per_s"] + [f"loss/{t}" for t in names]
+                + [f"weight/{t}" for t in names] + [f"samples/{t}" for t in names])
+
+    def _write_rows(self, rows: list[dict[str, Any]], mode: str = "a") -> None:
+        new = mode == "w" or not self.log_path.exists()
+        with self.log_path.open(mode, newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self._columns(), extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+
+    def _log(self, row: dict[str, Any]) -> None:
+        self._write_rows([row])
+        if self.writer is not None:
+            for key, value in row.items():
+                if key != "step" and value is not None:
+                    self.writer.add_scalar(f"train/{key}", value, row["step"])
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, resume_from: Path | None = None) -> Path:
+        if resume_from is not None:
+            self.restore(resume_from)
+        self._open_logs(resumed=resume_from is not None)
+        cfg = self.cfg.train
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=self.step, unit="step", desc="train", disable=not cfg.progress,
+                   dynamic_ncols=True)
+        window_start, window_samples = time.perf_counter(), 0
+        path = self.run_dir / "checkpoints" / LAST
+        while self.step < cfg.steps:
+            row = self.train_step()
+            window_samples += cfg.batch_size
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                elapsed = time.perf_counter() - window_start
+                row["samples_per_s"] = window_samples / elapsed if elapsed > 0 else None
+                self._log(row)
+                window_start, window_samples = time.perf_counter(), 0
+                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.1e}",
+                                sps=f"{row['samples_per_s'] or 0:.0f}", refresh=False)
+            bar.update(1)
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                path = self.save()
+            if self.cfg.eval.every and self.step % self.cfg.eval.every == 0 and self.step < cfg.steps:
+                self.evaluate(path, f"step_{self.step}")
+        bar.close()
+        if self.writer is not None:
+            self.writer.flush()
+        return path
+
+    def evaluate(self, checkpoint: Path, name: str) -> dict[str, Any]:
+        from sim.evaluate import evaluate  # training -> sim, as the design allows
+
+        e = self.cfg.eval
+        result = evaluate(checkpoint, self.run_dir / "eval" / name, episodes=e.episodes, workers=e.workers,
+                          videos=e.videos, n_action_steps=e.n_action_steps, max_steps=e.max_steps,
+                          progress=self.cfg.train.progress, suite_file=self.cfg.data.suite_file)
+        if self.writer is not None:
+            for task, r in result["tasks"].items():
+                self.writer.add_scalar(f"eval/success/{task}", r["success_rate"], self.step)
+            self.writer.add_scalar("eval/mean_success", result["mean_success"], self.step)
+        with (self.run_dir / "eval_log.csv").open("a") as f:
+            f.write(json.dumps({"step": self.step, "mean_success": result["mean_success"],
+                                "tasks": {t: r["success_rate"] for t, r in result["tasks"].items()}}) + "\n")
+        return result
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def describe_run(trainer: Trainer) -> str:
+    lines = [f"run dir: {trainer.run_dir}", f"model: {trainer.model.describe()['parameters']:,} parameters, "
+             f"{asdict(trainer.model.config)}"]
+    for task, p in zip(trainer.tasks, trainer.probabilities, strict=True):
+        d = trainer.demos[task.name]
+        lines.append(f"  {task.name:28s} {d.n_episodes:4d} demos {d.n_frames:6d} frames  p={p:.3f}  store={task.store}")
+    return "\n".join(lines)
