@@ -48,7 +48,9 @@ def policy_manifest(model: MultiTaskPolicy, provenance: dict[str, Any] | None = 
         "format_version": FORMAT_VERSION,
         "model": asdict(model.config),
         "observation": {"cameras": [asdict(c) for c in model.observation.cameras],
-                        "proprio_size": model.observation.proprio_size},
+                        "proprio_size": model.observation.proprio_size,
+                        "proprio_source": model.observation.proprio_source,
+                        "render_quality": model.observation.render_quality},
         "tasks": [
             {"name": t.name, "head_index": model.task_index[t.name], **t.info.to_dict(), "schema": t.schema.to_dict()}
             for t in model.tasks

@@ -54,15 +54,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=("tasks", "suites"))
     p.add_argument("--suite-file", type=Path, help="YAML file defining more suites")
 
+    p = sub.add_parser("train", add_help=False, help="train a multitask policy (Hydra overrides; --help for Hydra's)")
+    p.add_argument("overrides", nargs=argparse.REMAINDER,
+                   help="Hydra overrides, e.g. data.root=DIR train.steps=3000; -m for sweeps; --resume RUN_DIR")
+
     p = sub.add_parser("demo", help="the end-to-end demo on a small default (what `make demo` runs)")
     _add_collect_options(p)
+    p.add_argument("--train-steps", type=int, default=3000, help="training steps (default 3000)")
+
+    p = sub.add_parser("eval", help="per-task success rates of a checkpoint in sim (eval.json/md/png, GIFs)")
+    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint directory")
+    p.add_argument("--tasks", help="comma-separated subset of the checkpoint's tasks (default all)")
+    p.add_argument("--episodes", type=int, default=10, help="episodes per task, on the first eval seeds (default 10)")
+    p.add_argument("--workers", type=int, default=2, help="parallel rollout processes (default 2)")
+    p.add_argument("--out", type=Path, help="output directory (default CHECKPOINT-eval beside the checkpoint)")
+    p.add_argument("--videos", type=int, default=2, help="GIFs kept per task of successes and of failures (default 2)")
+    p.add_argument("--n-action-steps", type=int, metavar="N", help="actions executed per predicted chunk (default: all)")
+    p.add_argument("--temporal-ensemble", type=float, metavar="K",
+                   help="predict every step and average overlapping chunks with weights exp(-K * age)")
+    p.add_argument("--max-steps", type=int, metavar="N",
+                   help="cap episodes below the task's limit (smoke tests; rates are then not comparable)")
+    p.add_argument("--suite-file", type=Path, help="YAML file defining tasks the checkpoint was trained on")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "train":  # everything after `train` belongs to Hydra (`--help`, `-m`, `--cfg job`)
+        args.overrides = unknown + args.overrides
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
-        return {"collect": cmd_collect, "inspect": cmd_inspect, "list": cmd_list, "demo": cmd_demo}[args.command](args)
+        return {"collect": cmd_collect, "inspect": cmd_inspect, "list": cmd_list, "demo": cmd_demo,
+                "eval": cmd_eval, "train": cmd_train}[args.command](args)
     except MtPolicyError as err:
         print(f"mt-policy {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -154,15 +180,99 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    print(f"== collect: {args.episodes} scripted demos per task -> {args.out}")
+    print(f"== 1/4 collect: {args.episodes} scripted demos per task -> {args.out}")
     report = _run_collect(args)
     if report.interrupted:
         return 130
-    print("\n== inspect --validate")
+    print("\n== 2/4 inspect --validate")
     grid = args.out / "sample_grid.png"
     code = cmd_inspect(argparse.Namespace(stores=list(report.stores.values()), validate=True, sample_grid=grid, json=False))
-    print(f"\ndemo stores: {args.out.resolve()}\nsample frames: {grid.resolve()}")
-    return code
+    if code:
+        return code
+    print(f"\n== 3/4 train ({args.out / 'train'})")
+    result = _demo_train(args)
+    print("\n== 4/4 per-task success in sim (eval seeds)")
+    from sim.eval_report import format_markdown
+
+    print(format_markdown(result))
+    train_dir = (args.out / "train").resolve()
+    print(f"\ndemo stores:   {args.out.resolve()}\nsample frames: {grid.resolve()}\n"
+          f"checkpoint:    {train_dir / 'checkpoints' / 'last'}\n"
+          f"eval report:   {train_dir / 'eval' / 'final'} (eval.md, eval.png, videos/)\n"
+          f"training logs: {train_dir / 'train_log.csv'}, tensorboard --logdir {train_dir / 'tensorboard'}")
+    return 0
+
+
+def _demo_train(args: argparse.Namespace) -> dict:
+    """Compose `training/conf/demo.yaml` for the demo's stores and run it in `<out>/train`."""
+    from hydra import compose, initialize_config_module
+
+    from training.config import register_configs
+    from training.train import run_training
+
+    register_configs()
+    overrides = [f"data.root={args.out}", f"train.steps={args.train_steps}", f"train.progress={not args.no_progress}"]
+    overrides += [f"data.suite={args.suite}"] if args.suite else ["data.suite=null", "+data.tasks={" + ",".join(
+        f"{t.strip()}:{{}}" for t in args.tasks.split(",")) + "}"]
+    if args.suite_file:
+        overrides.append(f"data.suite_file={args.suite_file}")
+    if (args.out / "train" / "checkpoints" / "last").exists():
+        overrides.append("train.resume=true")  # a re-run continues (or just re-evaluates) the demo's run
+    with initialize_config_module(config_module="training.conf", version_base="1.3"):
+        cfg = compose("demo", overrides=overrides)
+    return run_training(cfg, args.out / "train")
+
+
+def train_overrides(overrides: list[str]) -> list[str]:
+    """Expand `--resume RUN_DIR`: the run's saved overrides, then the new ones, in the same run dir."""
+    overrides = list(overrides)
+    if "--resume" not in overrides:
+        return overrides
+    at = overrides.index("--resume")
+    if at + 1 >= len(overrides):
+        raise MtPolicyError("--resume needs a run directory (the one holding .hydra/ and checkpoints/)")
+    run_dir = Path(overrides[at + 1])
+    del overrides[at : at + 2]
+    saved_file = run_dir / ".hydra" / "overrides.yaml"
+    if not saved_file.is_file():
+        raise MtPolicyError(f"{run_dir}: not a training run directory (no .hydra/overrides.yaml)")
+    import yaml
+
+    saved = [o for o in (yaml.safe_load(saved_file.read_text()) or [])
+             if not o.startswith(("hydra.run.dir=", "train.resume="))]
+    return saved + overrides + [f"hydra.run.dir={run_dir}", "train.resume=true"]
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    overrides = train_overrides(args.overrides)
+    from training.train import main as hydra_main
+
+    sys.argv = ["mt-policy train", *overrides]
+    hydra_main()
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from sim.eval_report import format_markdown
+    from sim.evaluate import EVAL_JSON, EVAL_MD, EVAL_PNG, VIDEO_DIR, evaluate
+
+    # Beside, not inside, the checkpoint: re-saving a checkpoint replaces its whole directory.
+    out = args.out or args.checkpoint.with_name(f"{args.checkpoint.name}-eval")
+    try:
+        report = evaluate(args.checkpoint, out, tasks=args.tasks, episodes=args.episodes, workers=args.workers,
+                          videos=args.videos, n_action_steps=args.n_action_steps,
+                          temporal_ensemble=args.temporal_ensemble, progress=not args.no_progress,
+                          suite_file=args.suite_file, max_steps=args.max_steps)
+    except KeyboardInterrupt:
+        print("interrupted: no eval results written", file=sys.stderr)
+        return 130
+    print("\n" + format_markdown(report))
+    videos = out / VIDEO_DIR
+    print(f"results: {out / EVAL_JSON}, {out / EVAL_MD}, {out / EVAL_PNG}"
+          + (f"; videos: {videos}" if videos.is_dir() else "") + f" ({report['wall_seconds']:.1f} s)")
+    for warning in report["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":

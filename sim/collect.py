@@ -7,15 +7,10 @@ stand. Ctrl-C, SIGTERM or a killed worker loses at most the episodes in flight.
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +19,10 @@ import numpy as np
 from mt_policy.demo_store import DemoStore
 from mt_policy.errors import MtPolicyError
 from mt_policy.seeds import DEMO_SEEDS
+from sim.pool import run_jobs, sigterm_as_interrupt
 from sim.tasks import ObservationConfig, TaskSpec
 
 KEEP_CHOICES = ("success", "all")
-MAX_POOL_RESTARTS = 3
 
 
 @dataclass
@@ -69,13 +64,6 @@ def rollout(env: Any, seed: int, max_steps: int) -> tuple[dict[str, np.ndarray],
 
 
 _WORKER_ENVS: dict[tuple[str, ObservationConfig], Any] = {}
-
-
-def _worker_init() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
-    # Workers are the unit of parallelism: Mesa's software rasteriser would otherwise start a thread
-    # per core in every worker and oversubscribe the machine (2 workers x 2 threads on 2 cores).
-    os.environ.setdefault("LP_NUM_THREADS", "1")
 
 
 def _worker_rollout(spec: TaskSpec, obs_config: ObservationConfig, seed: int, max_steps: int) -> RolloutResult:
@@ -165,13 +153,12 @@ def collect(
     total = sum(s.remaining for s in states.values() if s.remaining > 0)
     bar = _progress_bar(total, progress)
     start = time.perf_counter()
-    previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        _run_pool(states, obs_config, workers, keep, max_steps, report, bar)
+        with sigterm_as_interrupt():
+            _run_pool(states, obs_config, workers, keep, max_steps, report, bar)
     except KeyboardInterrupt:
         report.interrupted = True
     finally:
-        signal.signal(signal.SIGTERM, previous_sigterm)
         bar.close()
         for st in states.values():
             st.store.close()
@@ -184,10 +171,6 @@ def collect(
                 f"episodes; the expert fails too often (raise --attempts-factor or use --keep all)"
             )
     return report
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
 
 
 def _progress_bar(total: int, enabled: bool) -> Any:
@@ -213,54 +196,21 @@ def _next_job(states: dict[str, TaskProgress], in_flight: dict[str, int], rr: de
 def _run_pool(states: dict[str, TaskProgress], obs_config: ObservationConfig, workers: int, keep: str,
               max_steps: int | None, report: CollectReport, bar: Any) -> None:
     rr = deque(states)
-    pending: dict[Future, tuple[str, int]] = {}
-    retry: list[tuple[str, int]] = []
     in_flight: dict[str, int] = {}
-    restarts = 0
-    pool = _new_pool(workers)
-    try:
-        while True:
-            broken = False
-            while len(pending) < 2 * workers and not broken:
-                job = retry.pop() if retry else _next_job(states, in_flight, rr)
-                if job is None:
-                    break
-                name, seed = job
-                steps = max_steps or states[name].store.schema.max_episode_steps
-                try:
-                    pending[pool.submit(_worker_rollout, states[name].spec, obs_config, seed, steps)] = job
-                except BrokenProcessPool:  # a worker died between two submits
-                    retry.append(job)
-                    broken = True
-                    continue
-                in_flight[name] = in_flight.get(name, 0) + 1
-            if not pending and not broken:
-                return
-            done, _ = wait(pending, return_when=FIRST_COMPLETED) if pending else (set(), set())
-            for future in done:
-                name, seed = pending.pop(future)
-                in_flight[name] -= 1
-                try:
-                    result = future.result()
-                except BrokenProcessPool:
-                    retry.append((name, seed))
-                    broken = True
-                    continue
-                restarts = 0
-                _record(states[name], result, keep, report, bar)
-            if broken:  # every job in flight is lost with the pool: retry them all in a new one
-                restarts += 1
-                if restarts > MAX_POOL_RESTARTS:
-                    raise MtPolicyError(f"collection workers keep dying ({restarts} pool restarts in a row)")
-                retry.extend(pending.values())
-                for name, _ in pending.values():
-                    in_flight[name] -= 1
-                pending.clear()
-                report.warnings.append(f"a worker process died; restarted the pool and retried {len(retry)} episodes")
-                _shutdown(pool)
-                pool = _new_pool(workers)
-    finally:
-        _shutdown(pool)
+
+    def next_job() -> tuple[TaskSpec, ObservationConfig, int, int] | None:
+        job = _next_job(states, in_flight, rr)
+        if job is None:
+            return None
+        name, seed = job
+        in_flight[name] = in_flight.get(name, 0) + 1
+        return states[name].spec, obs_config, seed, max_steps or states[name].store.schema.max_episode_steps
+
+    def on_result(job: tuple, result: RolloutResult) -> None:
+        in_flight[result.task] -= 1
+        _record(states[result.task], result, keep, report, bar)
+
+    run_jobs(_worker_rollout, next_job, on_result, workers, report.warnings, what="collection worker")
 
 
 def _record(st: TaskProgress, result: RolloutResult, keep: str, report: CollectReport, bar: Any) -> None:
@@ -281,18 +231,3 @@ def _record(st: TaskProgress, result: RolloutResult, keep: str, report: CollectR
         report.rejected_total += 1
     elapsed = max(bar.format_dict["elapsed"], 1e-9)
     bar.set_postfix(frames_s=f"{report.frames / elapsed:.0f}", rejected=report.rejected_total, refresh=False)
-
-
-def _new_pool(workers: int) -> ProcessPoolExecutor:
-    # spawn, not fork: the parent runs zarr's I/O threads, and forking a threaded process can deadlock.
-    return ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_worker_init)
-
-
-def _shutdown(pool: ProcessPoolExecutor) -> None:
-    processes = list(getattr(pool, "_processes", {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    for proc in processes:  # do not wait for episodes nobody will record
-        if proc.is_alive():
-            proc.terminate()
-    for proc in processes:
-        proc.join(timeout=5)

@@ -34,6 +34,12 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def run(cfg: DictConfig, run_dir: Path) -> float | None:
+    result = run_training(cfg, run_dir)
+    return None if result is None else float(result["mean_success"])  # Hydra sweepers read this
+
+
+def run_training(cfg: DictConfig, run_dir: Path) -> dict | None:
+    """Train, then (if `eval.final`) evaluate in sim; return the eval report (None without eval)."""
     import sim  # noqa: F401  (sets MUJOCO_GL before any MuJoCo import)
     from training.trainer import LAST, Trainer, describe_run
 
@@ -50,7 +56,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
         result = trainer.evaluate(checkpoint, "final")
         print(f"mean success {result['mean_success']:.1%} over {len(result['tasks'])} tasks; report: "
               f"{run_dir / 'eval' / 'final' / 'eval.md'}")
-        return float(result["mean_success"])
+        return result
     return None
 
 

@@ -1,0 +1,305 @@
+"""Per-task success rates of a checkpoint in sim: parallel policy rollouts on the evaluation seeds.
+
+The observation config comes from the checkpoint's schema, never from options, so the policy sees
+what it was trained on. Episode i of every task runs on `EVAL_SEEDS.seed(i)`; when the checkpoint
+records its demo seeds, any overlap is refused. Worker processes load the checkpoint once, keep one
+env per task and drive the model through `ChunkRunner`, the wrapper the ROS node uses as well. The
+parent gathers outcomes and writes `eval.json`, `eval.md`, `eval.png` and `videos/` (see
+`sim.eval_report`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mt_policy.checkpoint import load_checkpoint
+from mt_policy.errors import MtPolicyError, UnknownNameError, unknown_name
+from mt_policy.model import MultiTaskPolicy, TaskEntry
+from mt_policy.runner import ChunkRunner, torch_predictor
+from mt_policy.schema import ObservationSchema, camera_key
+from mt_policy.seeds import EVAL_SEEDS, check_disjoint
+from sim.eval_report import (
+    EpisodeOutcome,
+    format_markdown,
+    gif_stride,
+    group_macro,
+    plot_success,
+    task_summary,
+    wilson_interval,
+    write_gif,
+)
+from sim.pool import run_jobs, sigterm_as_interrupt
+from sim.tasks import ObservationConfig, TaskEnv, TaskSpec, get_task
+
+__all__ = ["EvalError", "evaluate", "observation_config", "run_episode", "wilson_interval"]
+
+EVAL_JSON, EVAL_MD, EVAL_PNG, VIDEO_DIR = "eval.json", "eval.md", "eval.png", "videos"
+
+
+class EvalError(MtPolicyError):
+    """An evaluation cannot run as asked: unknown tasks, seed overlap, a schema mismatch, bad options."""
+
+
+@dataclass(frozen=True)
+class EpisodeJob:
+    """Everything a worker needs for one episode; the spec travels whole (suite-file tasks included)."""
+
+    checkpoint: str
+    spec: TaskSpec
+    obs_config: ObservationConfig
+    seed: int
+    max_steps: int
+    n_action_steps: int | None
+    temporal_ensemble: float | None
+    record_camera: str | None
+    """Camera whose frames come back for a video; None: this episode's video would not be kept."""
+    frame_stride: int
+
+
+@dataclass
+class EpisodeResult:
+    outcome: EpisodeOutcome
+    frames: np.ndarray | None
+    seconds: float
+
+
+def observation_config(observation: ObservationSchema) -> ObservationConfig:
+    """The `ObservationConfig` that makes envs produce what a policy with this observation schema reads."""
+    sizes = {(c.height, c.width) for c in observation.cameras}
+    if len(sizes) > 1:
+        raise EvalError(f"cameras of different image sizes {sorted(sizes)} cannot be rendered by one env config")
+    image_size = next(iter(sizes)) if sizes else ObservationConfig().image_size
+    return ObservationConfig(observation.camera_names, image_size, observation.proprio_source,
+                             observation.render_quality)
+
+
+def run_episode(env: TaskEnv, act: Callable[[dict[str, np.ndarray]], np.ndarray], seed: int, max_steps: int,
+                record_camera: str | None = None, frame_stride: int = 1) -> tuple[bool, int, np.ndarray | None]:
+    """Roll out `act` from `env.reset(seed)` until success, truncation or `max_steps`.
+
+    Returns (success, steps taken, frames): frames (T, H, W, 3) of `record_camera` every `frame_stride`
+    steps from the reset on, plus the last one; None when not recording. Actions are clipped to the
+    schema's bounds, as the robot would clip them.
+    """
+    low, high = np.asarray(env.schema.action.low), np.asarray(env.schema.action.high)
+    obs = env.reset(seed)
+    frames = [obs[camera_key(record_camera)]] if record_camera else None
+    success, steps = False, 0
+    while steps < max_steps:
+        result = env.step(np.clip(act(obs), low, high).astype(np.float32))
+        obs, steps, success = result.obs, steps + 1, result.success
+        if frames is not None and (steps % frame_stride == 0 or success or result.truncated or steps == max_steps):
+            frames.append(obs[camera_key(record_camera)])
+        if success or result.truncated:
+            break
+    return success, steps, (np.stack(frames) if frames is not None else None)
+
+
+_POLICIES: dict[str, MultiTaskPolicy] = {}
+_ENVS: dict[tuple[str, ObservationConfig], TaskEnv] = {}
+
+
+def _worker_episode(job: EpisodeJob) -> EpisodeResult:
+    import torch
+
+    start = time.perf_counter()
+    model = _POLICIES.get(job.checkpoint)
+    if model is None:
+        torch.set_num_threads(1)  # workers are the unit of parallelism
+        model = _POLICIES[job.checkpoint] = load_checkpoint(job.checkpoint)[0]
+    env = _ENVS.get((job.spec.name, job.obs_config))
+    if env is None:
+        env = _ENVS[(job.spec.name, job.obs_config)] = job.spec.make_env(job.obs_config)
+    runner = ChunkRunner(torch_predictor(model, job.spec.name), model.config.action_chunk, job.n_action_steps,
+                         job.temporal_ensemble)
+    success, steps, frames = run_episode(env, runner.act, job.seed, job.max_steps, job.record_camera,
+                                         job.frame_stride)
+    return EpisodeResult(EpisodeOutcome(job.spec.name, job.seed, success, steps), frames,
+                         time.perf_counter() - start)
+
+
+def _select_tasks(model: MultiTaskPolicy, tasks: str | list[str] | None) -> list[TaskEntry]:
+    if tasks is None:
+        return list(model.tasks)
+    names = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
+    names = list(dict.fromkeys(n for n in names if n))
+    if not names:
+        raise EvalError("no tasks named")
+    for name in names:
+        if name not in model.task_index:
+            raise unknown_name("checkpoint task", name, list(model.task_index))
+    return [model.tasks[model.task_index[n]] for n in names]
+
+
+def _registry_spec(entry: TaskEntry, obs_config: ObservationConfig, suite_file: str | Path | None) -> TaskSpec:
+    """The registry entry that simulates a checkpoint task, checked against the schema it was trained on."""
+    try:
+        spec = get_task(entry.name)
+    except UnknownNameError:
+        hint = f" (not defined in {suite_file} either)" if suite_file else "; pass the suite file defining it (--suite-file)"
+        raise EvalError(f"checkpoint task {entry.name!r} is not a registered task{hint}") from None
+    schema = spec.schema(obs_config)
+    if schema.observation != entry.schema.observation or schema.action != entry.schema.action:
+        raise EvalError(f"task {entry.name}: the environment now produces {schema.observation}, {schema.action}, "
+                        f"but the checkpoint was trained on {entry.schema.observation}, {entry.schema.action}")
+    return spec
+
+
+def _check_demo_seeds(provenance: dict[str, Any], names: list[str], eval_seeds: list[int]) -> None:
+    demo_seeds = provenance.get("demo_seeds")
+    if demo_seeds is None:
+        return
+    if not isinstance(demo_seeds, dict):
+        raise EvalError(f"checkpoint provenance 'demo_seeds' must map task names to seed lists, got {demo_seeds!r}")
+    for name in names:
+        try:
+            check_disjoint((int(s) for s in demo_seeds.get(name, [])), eval_seeds)
+        except ValueError as err:
+            raise EvalError(f"task {name}: {err}; the checkpoint was trained on these initial states, so its "
+                            f"success rate would measure memorisation") from None
+
+
+class _VideoKeeper:
+    """Keeps up to `per_outcome` success and failure GIFs per task; says which episodes are worth recording."""
+
+    def __init__(self, out_dir: Path, per_outcome: int, camera: str | None, hz: dict[str, float]) -> None:
+        self.out_dir, self.per_outcome, self.camera, self.hz = out_dir, per_outcome, camera, hz
+        self.saved: dict[tuple[str, bool], int] = {}
+        for stale in [*out_dir.glob("*_success_seed*.gif"), *out_dir.glob("*_failure_seed*.gif")]:
+            stale.unlink()  # a previous run's videos would mix with this run's
+
+    def _open(self, task: str, success: bool) -> bool:
+        return self.saved.get((task, success), 0) < self.per_outcome
+
+    def camera_for(self, task: str) -> str | None:
+        if self.camera is None or not (self._open(task, True) or self._open(task, False)):
+            return None
+        return self.camera
+
+    def offer(self, result: EpisodeResult) -> None:
+        o = result.outcome
+        if result.frames is None or not self._open(o.task, o.success):
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        name = f"{o.task}_{'success' if o.success else 'failure'}_seed{o.seed}.gif"
+        write_gif(result.frames, self.out_dir / name, self.hz[o.task], gif_stride(self.hz[o.task]))
+        self.saved[(o.task, o.success)] = self.saved.get((o.task, o.success), 0) + 1
+
+
+def evaluate(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    tasks: str | list[str] | None = None,
+    episodes: int = 10,
+    workers: int = 2,
+    videos: int = 2,
+    n_action_steps: int | None = None,
+    temporal_ensemble: float | None = None,
+    progress: bool = True,
+    suite_file: str | Path | None = None,
+    max_steps: int | None = None,
+) -> dict[str, Any]:
+    """Evaluate every task of `checkpoint` (or the `tasks` subset) on `episodes` eval seeds; return eval.json.
+
+    `max_steps` caps episodes below each task's limit (smoke tests only: rates are then not comparable).
+    """
+    start = time.perf_counter()
+    if episodes < 1 or workers < 1 or videos < 0 or (max_steps is not None and max_steps < 1):
+        raise EvalError(f"need episodes >= 1, workers >= 1, videos >= 0, max_steps >= 1; got {episodes}, "
+                        f"{workers}, {videos}, {max_steps}")
+    checkpoint = Path(checkpoint).resolve()
+    model, manifest = load_checkpoint(checkpoint)
+    chunk = model.config.action_chunk
+    if n_action_steps is not None and not 1 <= n_action_steps <= chunk:
+        raise EvalError(f"n_action_steps must be in [1, {chunk}] (the checkpoint's action chunk), got {n_action_steps}")
+    if temporal_ensemble is not None and temporal_ensemble < 0:
+        raise EvalError(f"temporal_ensemble must be >= 0, got {temporal_ensemble}")
+    if suite_file is not None:
+        from sim.suites import load_suite_file
+
+        load_suite_file(suite_file)
+    entries = _select_tasks(model, tasks)
+    obs_config = observation_config(model.observation)
+    specs = {e.name: _registry_spec(e, obs_config, suite_file) for e in entries}
+    seeds = [EVAL_SEEDS.seed(i) for i in range(episodes)]
+    _check_demo_seeds(manifest.get("provenance") or {}, list(specs), seeds)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    limits = {e.name: min(max_steps or e.schema.max_episode_steps, e.schema.max_episode_steps) for e in entries}
+    camera = obs_config.cameras[0] if obs_config.cameras and videos > 0 else None
+    keeper = _VideoKeeper(out_dir / VIDEO_DIR, videos, camera, {e.name: e.schema.control_hz for e in entries})
+
+    def make_job(task: str, seed: int) -> EpisodeJob:
+        return EpisodeJob(str(checkpoint), specs[task], obs_config, seed, limits[task], n_action_steps,
+                          temporal_ensemble, keeper.camera_for(task), gif_stride(keeper.hz[task]))
+
+    outcomes, warnings = _rollouts(make_job, list(specs), seeds, workers, keeper, progress)
+    report = _report(checkpoint, entries, specs, outcomes, seeds, n_action_steps or chunk, temporal_ensemble,
+                     max_steps, warnings)
+    report["wall_seconds"] = time.perf_counter() - start
+    (out_dir / EVAL_JSON).write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / EVAL_MD).write_text(format_markdown(report))
+    plot_success(report, out_dir / EVAL_PNG)
+    return report
+
+
+def _rollouts(make_job: Callable[[str, int], EpisodeJob], names: list[str], seeds: list[int], workers: int,
+              keeper: _VideoKeeper, progress: bool) -> tuple[dict[str, list[EpisodeOutcome]], list[str]]:
+    """Run every (task, seed) episode, interleaving tasks; return outcomes by task and warnings."""
+    from tqdm.auto import tqdm
+
+    outcomes: dict[str, list[EpisodeOutcome]] = {n: [] for n in names}
+    warnings: list[str] = []
+    todo = deque((name, seed) for seed in seeds for name in names)
+    bar = tqdm(total=len(todo), unit="ep", desc="eval", disable=not progress, dynamic_ncols=True)
+    finished = wins = 0
+
+    def on_result(result: EpisodeResult) -> None:
+        nonlocal finished, wins
+        outcomes[result.outcome.task].append(result.outcome)
+        keeper.offer(result)
+        finished, wins = finished + 1, wins + result.outcome.success
+        bar.set_postfix(success=f"{wins / finished:.0%}", refresh=False)
+        bar.update(1)
+
+    try:
+        with sigterm_as_interrupt():
+            run_jobs(_worker_episode, lambda: (make_job(*todo.popleft()),) if todo else None,
+                     lambda job, result: on_result(result), min(workers, len(todo)), warnings,
+                     what="evaluation worker")
+    finally:
+        bar.close()
+    for name in names:
+        outcomes[name].sort(key=lambda o: o.seed)
+    return outcomes, warnings
+
+
+def _report(checkpoint: Path, entries: list[TaskEntry], specs: dict[str, TaskSpec],
+            outcomes: dict[str, list[EpisodeOutcome]], seeds: list[int], n_action_steps: int,
+            temporal_ensemble: float | None, max_steps: int | None, warnings: list[str]) -> dict[str, Any]:
+    rows = {e.name: task_summary(outcomes[e.name], e.info.difficulty or specs[e.name].difficulty,
+                                 e.info.description or specs[e.name].description) for e in entries}
+    groups = group_macro(rows)
+    return {
+        "checkpoint": str(checkpoint),
+        "episodes_per_task": len(seeds),
+        "eval_seeds": {"first": seeds[0], "count": len(seeds)},
+        "n_action_steps": n_action_steps,
+        "temporal_ensemble": temporal_ensemble,
+        "max_steps": max_steps,
+        "tasks": rows,
+        "mean_success": float(np.mean([r["success_rate"] for r in rows.values()])),
+        "group_macro": groups,
+        "group_macro_mean": float(np.mean(list(groups.values()))),
+        "warnings": warnings,
+        "wall_seconds": None,
+    }
