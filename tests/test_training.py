@@ -262,3 +262,40 @@ def test_hydra_override_precedence_global_beats_per_task(stores):
     assert resolve_tasks(cli_task.data, [])[0].weight == 4.0
     stores_ = {t.name: t.store for t in resolve_tasks(per_task.data, [])}
     assert stores_["reach-v3"] == "data/mt3/reach-v3.zarr" and stores_["drawer-close-v3"] == "data/mt3/drawer-close-v3.zarr"
+
+
+def _cli_train(args: list[str], cwd: Path) -> None:
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "mt_policy.cli", "train", *args], capture_output=True, text=True,
+                         timeout=300, cwd=cwd)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
+def _tiny_overrides(root: Path) -> list[str]:
+    return [f"data.root={root}", "data.suite=null", "+data.tasks={four:{},two:{}}", "train.batch_size=8",
+            "train.progress=false", "train.log_every=1", "eval.final=false", "optim.warmup_steps=1",
+            *[f"model.{k}=[{','.join(map(str, v))}]" if isinstance(v, list) else f"model.{k}={v}"
+              for k, v in TINY_MODEL.items()]]
+
+
+def test_cli_multirun_sweep_writes_one_run_per_value(stores, tmp_path):
+    sweep = tmp_path / "sweep"
+    _cli_train(["-m", *_tiny_overrides(stores), "train.steps=2", "model.task_embedding_scale=0,1",
+                f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    for job, scale in (("0", 0.0), ("1", 1.0)):
+        run = sweep / job
+        assert (run / "checkpoints" / "last" / "model.safetensors").is_file()
+        assert (run / ".hydra" / "config.yaml").is_file()
+        resolved = OmegaConf.load(run / "resolved_config.yaml")
+        assert resolved.model.task_embedding_scale == scale and resolved.data.root == str(stores)
+
+
+def test_cli_resume_reuses_the_run_overrides_and_extends_it(stores, tmp_path):
+    run = tmp_path / "run"
+    _cli_train([*_tiny_overrides(stores), "train.steps=3", f"hydra.run.dir={run}"], cwd=tmp_path)
+    _cli_train(["--resume", str(run), "train.steps=5"], cwd=tmp_path)
+    assert sorted(_losses(run / "train_log.csv")) == [1, 2, 3, 4, 5]
+    _, manifest = load_checkpoint(run / "checkpoints" / "last")
+    assert manifest["provenance"]["step"] == 5
