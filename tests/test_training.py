@@ -299,3 +299,13 @@ def test_cli_resume_reuses_the_run_overrides_and_extends_it(stores, tmp_path):
     assert sorted(_losses(run / "train_log.csv")) == [1, 2, 3, 4, 5]
     _, manifest = load_checkpoint(run / "checkpoints" / "last")
     assert manifest["provenance"]["step"] == 5
+
+
+def test_batches_missing_a_task_train_without_nan(stores, tmp_path):
+    for balancer in ("equal", "samples", "inverse_loss", "uncertainty"):
+        trainer = Trainer(run_config(stores, **{"train.batch_size": 1, "train.balancer": balancer}), tmp_path / balancer)
+        for _ in range(6):  # one sample per batch: every step leaves a task out
+            row = trainer.train_step()
+            assert len([k for k in row if k.startswith("loss/")]) == 1
+            assert np.isfinite(row["loss"]) and np.isfinite(row["grad_norm"])
+        assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
