@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 DEMO_SUITE ?= mt3
-DEMO_EPISODES ?= 10
+DEMO_EPISODES ?= 20
 # Extras installed by setup. `gpu` (TensorRT) is added only where an NVIDIA driver is present:
 # its wheels are fetched from NVIDIA's own index, which CPU-only CI machines cannot reach.
 EXTRAS ?= ros,lerobot,dev$(shell command -v nvidia-smi >/dev/null 2>&1 && echo ,gpu)

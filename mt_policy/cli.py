@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the end-to-end demo on a small default (what `make demo` runs)")
     _add_collect_options(p)
-    p.add_argument("--train-steps", type=int, default=3000, help="training steps (default 3000)")
+    p.add_argument("--train-steps", type=int, default=4000, help="training steps (default 4000)")
 
     p = sub.add_parser("eval", help="per-task success rates of a checkpoint in sim (eval.json/md/png, GIFs)")
     p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint directory")

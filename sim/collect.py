@@ -18,6 +18,7 @@ import numpy as np
 
 from mt_policy.demo_store import DemoStore
 from mt_policy.errors import MtPolicyError
+from mt_policy.progress import progress_bar
 from mt_policy.seeds import DEMO_SEEDS
 from sim.pool import run_jobs, sigterm_as_interrupt
 from sim.tasks import ObservationConfig, TaskSpec
@@ -151,7 +152,7 @@ def collect(
                                          attempts_left=int(need * attempts_factor) + 2)
     report = CollectReport(out_dir, {n: s.store.path for n, s in states.items()}, {}, {}, 0, 0.0, 0.0, 0.0)
     total = sum(s.remaining for s in states.values() if s.remaining > 0)
-    bar = _progress_bar(total, progress)
+    bar = progress_bar(total, "collect", "ep", progress)
     start = time.perf_counter()
     try:
         with sigterm_as_interrupt():
@@ -171,12 +172,6 @@ def collect(
                 f"episodes; the expert fails too often (raise --attempts-factor or use --keep all)"
             )
     return report
-
-
-def _progress_bar(total: int, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="ep", desc="collect", disable=not enabled, dynamic_ncols=True)
 
 
 def _next_job(states: dict[str, TaskProgress], in_flight: dict[str, int], rr: deque[str]) -> tuple[str, int] | None:

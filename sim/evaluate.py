@@ -23,6 +23,7 @@ import numpy as np
 from mt_policy.checkpoint import load_checkpoint
 from mt_policy.errors import MtPolicyError, UnknownNameError, unknown_name
 from mt_policy.model import MultiTaskPolicy, TaskEntry
+from mt_policy.progress import progress_bar
 from mt_policy.runner import ChunkRunner, torch_predictor
 from mt_policy.schema import ObservationSchema, camera_key
 from mt_policy.seeds import EVAL_SEEDS, check_disjoint
@@ -255,12 +256,10 @@ def evaluate(
 def _rollouts(make_job: Callable[[str, int], EpisodeJob], names: list[str], seeds: list[int], workers: int,
               keeper: _VideoKeeper, progress: bool) -> tuple[dict[str, list[EpisodeOutcome]], list[str]]:
     """Run every (task, seed) episode, interleaving tasks; return outcomes by task and warnings."""
-    from tqdm.auto import tqdm
-
     outcomes: dict[str, list[EpisodeOutcome]] = {n: [] for n in names}
     warnings: list[str] = []
     todo = deque((name, seed) for seed in seeds for name in names)
-    bar = tqdm(total=len(todo), unit="ep", desc="eval", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(len(todo), "eval", "ep", progress)
     finished = wins = 0
 
     def on_result(result: EpisodeResult) -> None:

@@ -27,8 +27,10 @@ from sim.gym_tasks import gym_task_from_dict
 from sim.metaworld_tasks import TASKS
 from sim.tasks import TaskSpec, get_task, register_task
 
-# Three tasks whose experts finish in well under 100 steps: enough for smoke tests and the demo.
-MT3 = ("reach-v3", "button-press-topdown-v3", "drawer-close-v3")
+# Three tasks whose experts finish in under 100 steps and that a small policy learns from one 96 px
+# camera: smoke tests and `make demo`. (reach-v3, also quick, is left out: its goal marker floats in
+# 3-D and one camera cannot tell its depth, so from pixels it needs the MT10 benchmark's budget.)
+MT3 = ("button-press-topdown-v3", "drawer-close-v3", "window-close-v3")
 # Meta-World's MT10 list, in its own order.
 MT10 = ("reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "drawer-close-v3",
         "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3")

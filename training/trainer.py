@@ -29,6 +29,7 @@ from mt_policy.checkpoint import WEIGHTS, load_extra, save_checkpoint
 from mt_policy.demo_store import DemoStore, LoadedDemos
 from mt_policy.errors import MtPolicyError
 from mt_policy.model import ModelConfig, MultiTaskPolicy, NormStats, TaskEntry
+from mt_policy.progress import progress_bar
 from mt_policy.stats import RunningStats
 from training.balancers import LossBalancer, make_balancer
 from training.config import ResolvedTask, resolve_tasks, validate
@@ -247,10 +248,7 @@ class Trainer:
             self.restore(resume_from)
         self._open_logs(resumed=resume_from is not None)
         cfg = self.cfg.train
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.steps, initial=self.step, unit="step", desc="train", disable=not cfg.progress,
-                   dynamic_ncols=True)
+        bar = progress_bar(cfg.steps, "train", "step", cfg.progress, initial=self.step)
         window_start, window_samples = time.perf_counter(), 0
         path = self.run_dir / "checkpoints" / LAST
         while self.step < cfg.steps:
