@@ -111,7 +111,7 @@ def test_cli_collect_then_inspect_validate(tmp_path):
     run = subprocess.run(CLI + ["collect", "--suite", "mt3", "--episodes", "2", "--out", str(out)] + SMALL_ARGS,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    assert "reach-v3" in run.stdout and "frames/s" in run.stdout
+    assert "window-close-v3" in run.stdout and "frames/s" in run.stdout
     stores = sorted(str(p) for p in out.glob("*.zarr"))
     assert len(stores) == 3
     grid = tmp_path / "grid.png"

@@ -166,7 +166,7 @@ def test_cli_eval_of_a_suite_file_task_writes_results_and_prints_the_table(tmp_p
                  "--workers", "1", "--videos", "1", "--max-steps", "10", "--n-action-steps", "2", "--no-progress"])
     printed = capsys.readouterr().out
     assert code == 0
-    out = ckpt / "eval"
+    out = tmp_path / "ckpt-eval"  # the default: beside the checkpoint, never inside it
     assert "| eval-reacher | easy |" in printed and str(out / "eval.json") in printed
     report = json.loads((out / "eval.json").read_text())
     assert list(report["tasks"]) == ["reach-v3", "eval-reacher"]
