@@ -20,7 +20,7 @@ from mt_policy.errors import UnknownNameError
 from mt_policy.model import ModelConfig, MultiTaskPolicy, TaskEntry
 from mt_policy.runner import ChunkRunner, torch_predictor
 from mt_policy.schema import ActionSchema, CameraSpec, ObservationSchema, TaskInfo, TaskSchema
-from training.balancers import make_balancer
+from training.balancers import BackwardContext, make_balancer
 from training.config import register_configs, resolve_tasks
 from training.data import task_probabilities
 from training.trainer import Trainer
@@ -117,7 +117,7 @@ def test_balancers_weigh_present_tasks_and_survive_absent_ones(name):
     params = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
     for _ in range(3):
         losses = {"a": (params**2).sum() * 0.1, "b": (params**2).sum() * 2.0}  # "c" absent from the batch
-        weights = balancer.backward(losses, [params])
+        weights = balancer.backward(losses, BackwardContext([params]))
         assert set(weights) == {"a", "b"}
         assert all(np.isfinite(w) and w > 0 for w in weights.values())
         assert torch.isfinite(params.grad).all()
@@ -131,7 +131,7 @@ def test_balancers_weigh_present_tasks_and_survive_absent_ones(name):
         assert weights["a"] / weights["b"] == pytest.approx(20.0, rel=1e-4)  # inverse of the loss ratio
     else:
         assert balancer.log_variance.grad is not None and balancer.log_variance.grad[2] == 0
-    assert balancer.backward({}, [params]) == {}
+    assert balancer.backward({}, BackwardContext([params])) == {}
 
 
 # ---------------------------------------------------------------------------------------------- sampling

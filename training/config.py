@@ -13,7 +13,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 
 SAMPLING = ("uniform", "proportional", "temperature")
-BALANCERS = ("equal", "samples", "inverse_loss", "uncertainty")
+BALANCERS = ("equal", "samples", "inverse_loss", "uncertainty", "gradnorm", "pcgrad", "upgrad", "mgda", "cagrad", "rgb")
 
 
 @dataclass
@@ -80,9 +80,16 @@ class TrainConfig:
     batch_size: int = 128
     seed: int = 0
     balancer: str = "equal"
-    """equal | samples | inverse_loss | uncertainty (gradient-based ones arrive later)."""
+    """equal | samples | inverse_loss | uncertainty | gradnorm | pcgrad | upgrad | mgda | cagrad | rgb."""
     inverse_loss_momentum: float = 0.9
     """For `inverse_loss`: EMA momentum of the detached per-task losses."""
+    gradnorm_alpha: float = 1.5
+    gradnorm_lr: float = 0.025
+    cagrad_c: float = 0.4
+    rgb_update: str = "norm_sum"
+    """For `rgb`: norm_sum (sum of ||g_i|| v_i) or unit_mean (mean of v_i times the mean norm)."""
+    conflict_every: int = 100
+    """Log gradient-conflict metrics (pairwise cosines on shared parameters) every N steps (0: never)."""
     checkpoint_every: int = 500
     log_every: int = 50
     threads: int = 0

@@ -51,6 +51,8 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict | None:
     if resume is not None and not resume.exists():
         raise MtPolicyError(f"{resume}: nothing to resume from (train.resume=true needs a previous run's checkpoint)")
     checkpoint = trainer.fit(resume)
+    if trainer.rank != 0:  # under torchrun only rank 0 reports and evaluates
+        return None
     print(f"checkpoint: {checkpoint}")
     if cfg.eval.final and cfg.eval.episodes > 0:
         result = trainer.evaluate(checkpoint, "final")

@@ -31,8 +31,9 @@ from mt_policy.errors import MtPolicyError
 from mt_policy.model import ModelConfig, MultiTaskPolicy, NormStats, TaskEntry
 from mt_policy.progress import progress_bar
 from mt_policy.stats import RunningStats
-from training.balancers import LossBalancer, make_balancer
+from training.balancers import BackwardContext, LossBalancer, make_balancer
 from training.config import ResolvedTask, resolve_tasks, validate
+from training.conflicts import conflict_metrics, task_gradients
 from training.data import Batch, MultiTaskBatcher, task_probabilities
 
 LAST = "last"
@@ -75,8 +76,9 @@ def lr_at(step: int, cfg: Any) -> float:
     return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def task_losses(model: MultiTaskPolicy, batch: Batch) -> dict[str, torch.Tensor]:
-    """Masked L1 per task on normalised action chunks; only tasks present in the batch appear."""
+def task_losses(model: MultiTaskPolicy, batch: Batch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Masked L1 per task on normalised action chunks (only tasks present in the batch appear), and the
+    trunk features they share."""
     features = model.features(batch.obs, batch.task_ids)
     losses = {}
     for task, rows in batch.slices.items():
@@ -84,7 +86,7 @@ def task_losses(model: MultiTaskPolicy, batch: Batch) -> dict[str, torch.Tensor]
         target = model.normalize_action(task, batch.actions[task])
         valid = (~batch.action_is_pad[task]).float()  # (n, Ta)
         losses[task] = ((pred - target).abs().mean(-1) * valid).sum() / valid.sum().clamp_min(1.0)
-    return losses
+    return losses, features
 
 
 class Trainer:
@@ -95,7 +97,10 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
         torch.manual_seed(cfg.train.seed)
-        self.rng = np.random.default_rng(cfg.train.seed)
+        self.rank, self.world = _init_distributed(cfg.train.device)
+        # One process: the plain seed (so resume is exact). Under torchrun: a different stream per rank.
+        self.rng = np.random.default_rng(cfg.train.seed if self.world == 1 else [cfg.train.seed, self.rank])
+        self.batch_fingerprints: list[float] = []
 
         suite_tasks = self._suite_tasks()
         self.tasks = resolve_tasks(cfg.data, suite_tasks)
@@ -111,9 +116,18 @@ class Trainer:
         self.batcher = MultiTaskBatcher(self.demos, self.model.task_index, self.probabilities, model_cfg.action_chunk,
                                         self.model.observation.proprio_size, cfg.data.val_fraction, cfg.train.seed,
                                         {t.name: t.max_episodes for t in self.tasks})
-        self.balancer: LossBalancer = make_balancer(cfg.train.balancer, names, dict(zip(names, demo_counts, strict=True)),
-                                                    cfg.train.inverse_loss_momentum)
+        t = cfg.train
+        self.balancer: LossBalancer = make_balancer(t.balancer, names, dict(zip(names, demo_counts, strict=True)),
+                                                    t.inverse_loss_momentum,
+                                                    {"gradnorm_alpha": t.gradnorm_alpha, "gradnorm_lr": t.gradnorm_lr,
+                                                     "cagrad_c": t.cagrad_c, "rgb_update": t.rgb_update})
         self.shared = [p for n, p in self.model.named_parameters() if not n.startswith("heads.")]
+        last = [m for m in self.model.trunk if isinstance(m, torch.nn.Linear)] or [self.model.fuse]
+        self.last_shared = list(last[-1].parameters())
+        self.head_params = {name: list(self.model.heads[name].parameters()) for name in names}
+        if self.world > 1:  # identical starting weights on every rank
+            for tensor in [*self.model.parameters(), *self.model.buffers(), *self.balancer.parameters()]:
+                torch.distributed.broadcast(tensor.data, src=0)
         self.optimizer = torch.optim.AdamW(list(self.model.parameters()) + list(self.balancer.parameters()),
                                            lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.step = 0
@@ -136,9 +150,15 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         batch = self.batcher.sample(self.rng, self.cfg.train.batch_size)
-        losses = task_losses(self.model, batch)
+        if len(self.batch_fingerprints) < 3:  # lets a DDP run show that ranks see different data
+            self.batch_fingerprints.append(float(sum(a.sum() for a in batch.actions.values())))
+        losses, features = task_losses(self.model, batch)
         self.optimizer.zero_grad(set_to_none=True)
-        weights = self.balancer.backward(losses, self.shared)
+        every = self.cfg.train.conflict_every
+        task_grads = task_gradients(losses, self.shared) if every and (self.step + 1) % every == 0 else None
+        ctx = BackwardContext(self.shared, features, self.head_params, self.last_shared)
+        weights = self.balancer.backward(losses, ctx)
+        self._sync_gradients()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
                                                    self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf"))
         self.optimizer.step()
@@ -149,7 +169,30 @@ class Trainer:
         row |= {f"loss/{t}": float(v.detach()) for t, v in losses.items()}
         row |= {f"weight/{t}": w for t, w in weights.items()}
         row |= {f"samples/{t}": s.stop - s.start for t, s in batch.slices.items()}
+        if task_grads is not None:
+            row |= conflict_metrics(task_grads, self.shared)
         return row
+
+    def _sync_gradients(self) -> None:
+        """DDP: average every gradient over ranks after the balancer ran locally, and average the
+        balancers' running state (loss averages, GradNorm weights, RGB angles and consensus) so all
+        ranks take the same step with the same state."""
+        if self.world == 1:
+            return
+        dist = torch.distributed
+        for p in [*self.model.parameters(), *self.balancer.parameters()]:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
+            p.grad /= self.world
+        for buffer in self.balancer.buffers():
+            if buffer.is_floating_point():
+                dist.all_reduce(buffer)
+                buffer /= self.world
+        consensus = getattr(getattr(self.balancer, "aggregator", None), "consensus", None)
+        if consensus is not None:
+            dist.all_reduce(consensus)
+            consensus /= self.world
 
     def _update_ema(self) -> None:
         if self.ema is None:
@@ -206,8 +249,11 @@ class Trainer:
         optim_state = {int(i): {k: tensors[f"optim.{i}.{k}"] for k in keys} for i, keys in state["optim_keys"].items()}
         self.optimizer.load_state_dict({"state": optim_state, "param_groups": state["param_groups"]})
         torch.set_rng_state(tensors["torch_rng"])
-        self.rng.bit_generator.state = state["numpy_rng"]
         self.step = int(state["step"])
+        if self.world == 1:
+            self.rng.bit_generator.state = state["numpy_rng"]
+        else:  # any process count can resume: each rank starts a fresh stream keyed by the step
+            self.rng = np.random.default_rng([self.cfg.train.seed, self.rank, self.step])
 
     # ------------------------------------------------------------------ logging
     def _open_logs(self, resumed: bool) -> None:
@@ -225,7 +271,9 @@ class Trainer:
     def _columns(self) -> list[str]:
         names = [t.name for t in self.tasks]
         return (["step", "lr", "loss", "grad_norm", "samples_per_s"] + [f"loss/{t}" for t in names]
-                + [f"weight/{t}" for t in names] + [f"samples/{t}" for t in names])
+                + [f"weight/{t}" for t in names] + [f"samples/{t}" for t in names]
+                + ["conflict/cos_min", "conflict/cos_mean", "conflict/fraction", "conflict/update_cos_min"]
+                + [f"grad_norm/{t}" for t in names])
 
     def _write_rows(self, rows: list[dict[str, Any]], mode: str = "a") -> None:
         new = mode == "w" or not self.log_path.exists()
@@ -246,30 +294,47 @@ class Trainer:
     def fit(self, resume_from: Path | None = None) -> Path:
         if resume_from is not None:
             self.restore(resume_from)
-        self._open_logs(resumed=resume_from is not None)
+        lead = self.rank == 0  # only rank 0 writes logs, checkpoints and evaluates
+        if lead:
+            self._open_logs(resumed=resume_from is not None)
         cfg = self.cfg.train
-        bar = progress_bar(cfg.steps, "train", "step", cfg.progress, initial=self.step)
+        bar = progress_bar(cfg.steps, "train", "step", cfg.progress and lead, initial=self.step)
         window_start, window_samples = time.perf_counter(), 0
         path = self.run_dir / "checkpoints" / LAST
         while self.step < cfg.steps:
             row = self.train_step()
             window_samples += cfg.batch_size
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+            if (self.step % cfg.log_every == 0 or self.step == cfg.steps) and lead:
                 elapsed = time.perf_counter() - window_start
-                row["samples_per_s"] = window_samples / elapsed if elapsed > 0 else None
+                row["samples_per_s"] = window_samples * self.world / elapsed if elapsed > 0 else None
                 self._log(row)
                 window_start, window_samples = time.perf_counter(), 0
                 bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.1e}",
                                 sps=f"{row['samples_per_s'] or 0:.0f}", refresh=False)
             bar.update(1)
-            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+            if (self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps) and lead:
                 path = self.save()
-            if self.cfg.eval.every and self.step % self.cfg.eval.every == 0 and self.step < cfg.steps:
+            if self.cfg.eval.every and self.step % self.cfg.eval.every == 0 and self.step < cfg.steps and lead:
                 self.evaluate(path, f"step_{self.step}")
         bar.close()
         if self.writer is not None:
             self.writer.flush()
+        if self.world > 1:
+            self._write_ddp_report()
         return path
+
+    def _write_ddp_report(self) -> None:
+        """All ranks: gather a weight checksum and the first batches' fingerprints; rank 0 writes them."""
+        dist = torch.distributed
+        mine = {"rank": self.rank, "checksum": float(sum(p.double().sum() for p in self.model.parameters())),
+                "batch_fingerprints": self.batch_fingerprints}
+        everyone: list[dict] = [None] * self.world  # type: ignore[list-item]
+        dist.all_gather_object(everyone, mine)
+        if self.rank == 0:
+            report = {"world_size": self.world, "ranks": everyone,
+                      "weights_identical": len({r["checksum"] for r in everyone}) == 1}
+            (self.run_dir / "ddp.json").write_text(json.dumps(report, indent=2) + "\n")
+        dist.barrier()
 
     def evaluate(self, checkpoint: Path, name: str) -> dict[str, Any]:
         from sim.evaluate import evaluate  # training -> sim, as the design allows
@@ -286,6 +351,17 @@ class Trainer:
             f.write(json.dumps({"step": self.step, "mean_success": result["mean_success"],
                                 "tasks": {t: r["success_rate"] for t, r in result["tasks"].items()}}) + "\n")
         return result
+
+
+def _init_distributed(device: str) -> tuple[int, int]:
+    """(rank, world size); joins the process group when launched by torchrun (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    dist = torch.distributed
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return dist.get_rank(), dist.get_world_size()
 
 
 def _git_commit() -> str | None:
