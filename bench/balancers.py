@@ -1,0 +1,158 @@
+"""Benchmark the loss balancers on mt10 from full state (CPU): success, step time, gradient conflict.
+
+Every balancer trains the same model on the same demos for the same number of steps with the same
+seeds; each run is then evaluated in sim on the same evaluation seeds. Prints a table and writes
+`bench/results/balancers.json` and `bench/results/balancers.md`.
+
+    .venv/bin/python bench/balancers.py                      # all balancers, 2 seeds
+    .venv/bin/python bench/balancers.py --balancers equal,rgb --seeds 0 --steps 500   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from hydra import compose, initialize_config_module
+
+import sim  # noqa: F401  (sets MUJOCO_GL before anything imports mujoco)
+from sim.collect import collect
+from sim.evaluate import evaluate
+from sim.suites import get_suite
+from sim.tasks import ObservationConfig
+from training.config import register_configs
+from training.trainer import Trainer
+
+RESULTS = Path(__file__).resolve().parent / "results"
+# name -> extra overrides; rgb is measured with both final updates (see training/balancers.py)
+VARIANTS: dict[str, list[str]] = {
+    "equal": [], "samples": [], "inverse_loss": [], "uncertainty": [], "gradnorm": [],
+    "pcgrad": [], "upgrad": [], "mgda": [], "cagrad": [],
+    "rgb": ["train.rgb_update=norm_sum"], "rgb_unit_mean": ["train.rgb_update=unit_mean"],
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--suite", default="mt10")
+    p.add_argument("--demos", type=int, default=20, help="scripted demos per task")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--episodes", type=int, default=10, help="eval episodes per task")
+    p.add_argument("--balancers", default=",".join(VARIANTS))
+    p.add_argument("--work", type=Path, default=Path("runs/bench_balancers"))
+    p.add_argument("--out", type=Path, default=RESULTS / "balancers.json")
+    return p.parse_args(argv)
+
+
+def run_one(variant: str, seed: int, args: argparse.Namespace, data: Path) -> dict[str, Any]:
+    balancer = "rgb" if variant.startswith("rgb") else variant
+    overrides = [f"data.root={data}", f"data.suite={args.suite}", f"train.steps={args.steps}",
+                 f"train.batch_size={args.batch_size}", f"train.seed={seed}", f"train.balancer={balancer}",
+                 "train.progress=false", "train.log_every=50", "train.conflict_every=100",
+                 f"train.checkpoint_every={args.steps}", "model.task_embedding_scale=1.0", *VARIANTS[variant]]
+    with initialize_config_module(config_module="training.conf", version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    run_dir = args.work / f"{variant}_seed{seed}"
+    trainer = Trainer(cfg, run_dir)
+    start = time.perf_counter()
+    checkpoint = trainer.fit()
+    train_seconds = time.perf_counter() - start
+    result = evaluate(checkpoint, run_dir / "eval", episodes=args.episodes, workers=2, videos=0, n_action_steps=4,
+                      progress=False)
+    with (run_dir / "train_log.csv").open() as f:
+        rows = list(csv.DictReader(f))
+
+    def column(name: str) -> list[float]:
+        return [float(r[name]) for r in rows if r.get(name) not in (None, "", "nan")]
+
+    return {
+        "variant": variant, "seed": seed, "train_seconds": train_seconds,
+        "step_ms": 1000 * train_seconds / args.steps,
+        "success": {t: r["success_rate"] for t, r in result["tasks"].items()},
+        "mean_success": result["mean_success"],
+        "final_loss": column("loss")[-1],
+        "conflict_fraction": _mean(column("conflict/fraction")),
+        "conflict_cos_min": _mean(column("conflict/cos_min")),
+        "update_cos_min": _mean(column("conflict/update_cos_min")),
+    }
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    by_variant: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        by_variant.setdefault(r["variant"], []).append(r)
+    equal_ms = statistics.median(r["step_ms"] for r in by_variant.get("equal", runs))
+    table = {}
+    for variant, rs in by_variant.items():
+        means = [r["mean_success"] for r in rs]
+        tasks = rs[0]["success"].keys()
+        table[variant] = {
+            "mean_success": float(np.mean(means)), "seed_spread": float(max(means) - min(means)),
+            "per_seed": means,
+            "per_task": {t: float(np.mean([r["success"][t] for r in rs])) for t in tasks},
+            "step_ms": statistics.median(r["step_ms"] for r in rs),
+            "step_time_vs_equal": statistics.median(r["step_ms"] for r in rs) / equal_ms,
+            "conflict_fraction": _mean([r["conflict_fraction"] for r in rs if r["conflict_fraction"] is not None]),
+            "conflict_cos_min": _mean([r["conflict_cos_min"] for r in rs if r["conflict_cos_min"] is not None]),
+            "update_cos_min": _mean([r["update_cos_min"] for r in rs if r["update_cos_min"] is not None]),
+        }
+    return table
+
+
+def markdown(table: dict[str, Any], args: argparse.Namespace) -> str:
+    tasks = list(next(iter(table.values()))["per_task"])
+    short = [t.removesuffix("-v3") for t in tasks]
+    lines = [f"{args.suite} from full state, {args.demos} demos/task, {args.steps} steps of {args.batch_size}, "
+             f"seeds {args.seeds}, {args.episodes} eval episodes/task/seed (n_action_steps 4)", "",
+             "| balancer | mean success | seed spread | step time vs equal | conflicting pairs | min task cos | "
+             "min update cos |", "|---|---:|---:|---:|---:|---:|---:|"]
+    fmt = lambda v, s: "-" if v is None else format(v, s)  # noqa: E731
+    for name, row in sorted(table.items(), key=lambda kv: -kv[1]["mean_success"]):
+        lines.append(f"| {name} | {row['mean_success']:.1%} | {row['seed_spread']:.1%} | "
+                     f"{row['step_time_vs_equal']:.2f}x | {fmt(row['conflict_fraction'], '.0%')} | "
+                     f"{fmt(row['conflict_cos_min'], '.2f')} | {fmt(row['update_cos_min'], '.2f')} |")
+    lines += ["", "| balancer | " + " | ".join(short) + " |", "|---|" + "---:|" * len(short)]
+    for name, row in sorted(table.items(), key=lambda kv: -kv[1]["mean_success"]):
+        lines.append(f"| {name} | " + " | ".join(f"{row['per_task'][t]:.0%}" for t in tasks) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    register_configs()
+    data = args.work / "data"
+    print(f"collecting {args.demos} demos/task of {args.suite} (full state) -> {data}", flush=True)
+    collect(get_suite(args.suite), args.demos, data, ObservationConfig(cameras=(), proprio="full_state"), workers=2,
+            progress=False)
+    runs = []
+    for variant in args.balancers.split(","):
+        for seed in (int(s) for s in args.seeds.split(",")):
+            print(f"{variant} seed {seed} ...", flush=True)
+            runs.append(run_one(variant, seed, args, data))
+            print(f"  mean success {runs[-1]['mean_success']:.1%}, {runs[-1]['step_ms']:.1f} ms/step", flush=True)
+    table = summarise(runs)
+    md = markdown(table, args)
+    print("\n" + md)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs,
+                                    "table": table}, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(md)
+    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
