@@ -203,3 +203,11 @@ def test_ddp_two_cpu_processes_share_weights_and_write_one_checkpoint(tmp_path):
     rows = (run_dir / "train_log.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 5 and "conflict/cos_min" in rows[0]
     assert np.isfinite([float(v) for v in rows[-1].split(",")[2:3]]).all()
+    # Resume the 2-process run in a single process: the checkpoint does not depend on the process count.
+    resumed = subprocess.run([sys.executable, "-m", "training.train", *overrides, "train.steps=7", "train.resume=true"],
+                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    steps = [int(r.split(",")[0]) for r in (run_dir / "train_log.csv").read_text().strip().splitlines()[1:]]
+    assert steps == [1, 2, 3, 4, 5, 6, 7]
+    manifest = json.loads((run_dir / "checkpoints" / "last" / "policy.json").read_text())
+    assert manifest["provenance"]["step"] == 7
