@@ -6,6 +6,7 @@ seeds; each run is then evaluated in sim on the same evaluation seeds. Prints a 
 
     .venv/bin/python bench/balancers.py                      # all balancers, 2 seeds
     .venv/bin/python bench/balancers.py --balancers equal,rgb --seeds 0 --steps 500   # a quick look
+    .venv/bin/python bench/balancers.py --timing-only        # interleaved step times, all balancers
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--balancers", default=",".join(VARIANTS))
     p.add_argument("--work", type=Path, default=Path("runs/bench_balancers"))
     p.add_argument("--out", type=Path, default=RESULTS / "balancers.json")
+    p.add_argument("--timing-only", action="store_true", help="only the interleaved step-time measurement")
     return p.parse_args(argv)
 
 
@@ -84,6 +86,31 @@ def run_one(variant: str, seed: int, args: argparse.Namespace, data: Path) -> di
         "conflict_cos_min": _mean(column("conflict/cos_min")),
         "update_cos_min": _mean(column("conflict/update_cos_min")),
     }
+
+
+def time_steps(variants: list[str], args: argparse.Namespace, data: Path, steps: int = 60,
+               rounds: int = 3) -> dict[str, float]:
+    """Median ms per training step of each variant, interleaved round by round in this one process,
+    so machine noise hits every variant alike (the sweep's wall times include evaluation load)."""
+    trainers = {}
+    for variant in variants:
+        balancer = "rgb" if variant.startswith("rgb") else variant
+        overrides = [f"data.root={data}", f"data.suite={args.suite}", f"train.batch_size={args.batch_size}",
+                     f"train.balancer={balancer}", "train.conflict_every=0", "model.task_embedding_scale=1.0",
+                     "train.progress=false", *VARIANTS[variant]]
+        with initialize_config_module(config_module="training.conf", version_base="1.3"):
+            cfg = compose("train", overrides=overrides)
+        trainers[variant] = Trainer(cfg, args.work / "timing" / variant)
+        for _ in range(5):  # warm up
+            trainers[variant].train_step()
+    samples: dict[str, list[float]] = {v: [] for v in variants}
+    for _ in range(rounds):
+        for variant, trainer in trainers.items():
+            start = time.perf_counter()
+            for _ in range(steps // rounds):
+                trainer.train_step()
+            samples[variant].append(1000 * (time.perf_counter() - start) / (steps // rounds))
+    return {v: statistics.median(ms) for v, ms in samples.items()}
 
 
 def _mean(values: list[float]) -> float | None:
@@ -136,7 +163,17 @@ def main(argv: list[str] | None = None) -> int:
     data = args.work / "data"
     print(f"collecting {args.demos} demos/task of {args.suite} (full state) -> {data}", flush=True)
     collect(get_suite(args.suite), args.demos, data, ObservationConfig(cameras=(), proprio="full_state"), workers=2,
-            progress=False)
+            progress=False)  # resumes: a second invocation reuses the stores
+    if args.timing_only:
+        timing = time_steps(args.balancers.split(","), args, data)
+        equal = timing.get("equal") or min(timing.values())
+        for variant, ms in timing.items():
+            print(f"{variant:16s} {ms:7.1f} ms/step  {ms / equal:5.2f}x equal")
+        out = args.out.with_name(args.out.stem + "_timing.json")
+        out.write_text(json.dumps({"ms_per_step": timing, "vs_equal": {v: ms / equal for v, ms in timing.items()},
+                                   "batch_size": args.batch_size, "suite": args.suite}, indent=2) + "\n")
+        print(f"wrote {out}")
+        return 0
     runs = []
     for variant in args.balancers.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
