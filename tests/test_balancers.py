@@ -180,17 +180,14 @@ def test_conflict_metrics_report_cosines_fractions_and_norms():
 
 
 def test_ddp_two_cpu_processes_share_weights_and_write_one_checkpoint(tmp_path):
-    from test_training import TINY_MODEL, write_store
+    from test_training import _tiny_overrides, write_store
 
     root = tmp_path / "data"
     write_store(root, "four", 4, episodes=6, seed=1)
     write_store(root, "two", 2, episodes=3, proprio=5, seed=2)
     run_dir = tmp_path / "ddp"
-    overrides = [f"data.root={root}", "data.suite=null", "+data.tasks={four:{},two:{}}", "train.steps=5",
-                 "train.batch_size=8", "train.progress=false", "train.log_every=1", "train.balancer=pcgrad",
-                 "train.conflict_every=2", "train.threads=1", "eval.final=false", f"hydra.run.dir={run_dir}",
-                 *[f"model.{k}=[{','.join(map(str, v))}]" if isinstance(v, list) else f"model.{k}={v}"
-                   for k, v in TINY_MODEL.items()]]
+    overrides = [*_tiny_overrides(root), "train.steps=5", "train.balancer=pcgrad", "train.conflict_every=2",
+                 "train.threads=1", f"hydra.run.dir={run_dir}"]
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           "-m", "training.train", *overrides], capture_output=True, text=True, timeout=300,
                          cwd=tmp_path)
