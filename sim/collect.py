@@ -87,7 +87,6 @@ class TaskProgress:
     attempts_left: int
     kept: int = 0
     rejected: int = 0
-    frames: int = 0
     exhausted: bool = False
 
     @property
@@ -217,7 +216,6 @@ def _record(st: TaskProgress, result: RolloutResult, keep: str, report: CollectR
         st.store.append_episode(result.arrays, seed=result.seed, success=result.success, expert=st.spec.expert)
         report.write_seconds += time.perf_counter() - t0
         st.kept += 1
-        st.frames += result.length
         report.frames += result.length
         bar.update(1)
     else:

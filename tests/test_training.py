@@ -309,3 +309,20 @@ def test_batches_missing_a_task_train_without_nan(stores, tmp_path):
             assert len([k for k in row if k.startswith("loss/")]) == 1
             assert np.isfinite(row["loss"]) and np.isfinite(row["grad_norm"])
         assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_held_out_episodes_give_a_validation_loss_without_changing_training(stores, tmp_path):
+    plain = Trainer(run_config(stores), tmp_path / "plain")
+    plain.fit()
+    held = Trainer(run_config(stores, **{"data.val_fraction": 0.34}), tmp_path / "held")
+    held.fit()
+    with (tmp_path / "held" / "train_log.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert all(np.isfinite(float(r["val_loss"])) for r in rows)
+    assert all(r["val_loss/four"] and r["val_loss/two"] for r in rows)
+    with (tmp_path / "plain" / "train_log.csv").open() as f:
+        assert all(r["val_loss"] == "" for r in csv.DictReader(f))
+    # Held-out episodes never anchor a training window.
+    for task, sampler in held.batcher.samplers.items():
+        val_frames = set(held.batcher.val_samplers[task]._anchor.tolist())
+        assert val_frames and not val_frames & set(sampler._anchor.tolist())

@@ -101,6 +101,8 @@ class Trainer:
         # One process: the plain seed (so resume is exact). Under torchrun: a different stream per rank.
         self.rng = np.random.default_rng(cfg.train.seed if self.world == 1 else [cfg.train.seed, self.rank])
         self.batch_fingerprints: list[float] = []
+        # Validation draws its own fixed stream so logging it never changes the training batches.
+        self._val_rng = np.random.default_rng([cfg.train.seed, 1 << 20])
 
         suite_tasks = self._suite_tasks()
         self.tasks = resolve_tasks(cfg.data, suite_tasks)
@@ -172,6 +174,20 @@ class Trainer:
         if task_grads is not None:
             row |= conflict_metrics(task_grads, self.shared)
         return row
+
+    @torch.no_grad()
+    def validation_losses(self) -> dict[str, float]:
+        """Per-task loss of the EMA policy on held-out episodes (`data.val_fraction`); empty without them."""
+        batch = self.batcher.validation_batches(self._val_rng, self.cfg.train.batch_size)
+        if batch is None:
+            return {}
+        policy = self.policy
+        was_training = policy.training
+        policy.eval()
+        losses, _ = task_losses(policy, batch)
+        policy.train(was_training)
+        row = {f"val_loss/{t}": float(v) for t, v in losses.items()}
+        return row | {"val_loss": float(np.mean(list(row.values())))}
 
     def _sync_gradients(self) -> None:
         """DDP: average every gradient over ranks after the balancer ran locally, and average the
@@ -273,7 +289,7 @@ class Trainer:
         return (["step", "lr", "loss", "grad_norm", "samples_per_s"] + [f"loss/{t}" for t in names]
                 + [f"weight/{t}" for t in names] + [f"samples/{t}" for t in names]
                 + ["conflict/cos_min", "conflict/cos_mean", "conflict/fraction", "conflict/update_cos_min"]
-                + [f"grad_norm/{t}" for t in names])
+                + [f"grad_norm/{t}" for t in names] + ["val_loss"] + [f"val_loss/{t}" for t in names])
 
     def _write_rows(self, rows: list[dict[str, Any]], mode: str = "a") -> None:
         new = mode == "w" or not self.log_path.exists()
@@ -307,7 +323,7 @@ class Trainer:
             if (self.step % cfg.log_every == 0 or self.step == cfg.steps) and lead:
                 elapsed = time.perf_counter() - window_start
                 row["samples_per_s"] = window_samples * self.world / elapsed if elapsed > 0 else None
-                self._log(row)
+                self._log(row | self.validation_losses())
                 window_start, window_samples = time.perf_counter(), 0
                 bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.1e}",
                                 sps=f"{row['samples_per_s'] or 0:.0f}", refresh=False)
