@@ -1,1 +1,5 @@
-"""Deploy stage: ONNX/TensorRT export and `PolicyRuntime` (arrives with the export issue)."""
+"""deploy: ONNX/TensorRT export and `PolicyRuntime`, the inference path shared by sim eval and the ROS node.
+
+The runtime side (`manifest`, `runtime`) needs numpy and onnxruntime only: no torch, no MuJoCo,
+no training code. `onnx_export` and `latency` import torch and are used where a checkpoint is.
+"""

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from mt_policy.errors import MtPolicyError
 
+PROVIDER_CHOICES = ("auto", "cpu", "cuda", "tensorrt", "tensorrt-engine")  # deploy.runtime's, without importing it
+
 
 def _add_task_selection(p: argparse.ArgumentParser) -> None:
     group = p.add_mutually_exclusive_group()
@@ -62,12 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_collect_options(p)
     p.add_argument("--train-steps", type=int, default=4000, help="training steps (default 4000)")
 
-    p = sub.add_parser("eval", help="per-task success rates of a checkpoint in sim (eval.json/md/png, GIFs)")
-    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint directory")
+    p = sub.add_parser("eval", help="per-task success rates of a checkpoint or ONNX export in sim (eval.json/md/png, GIFs)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="checkpoint directory (PyTorch)")
+    source.add_argument("--onnx", type=Path, metavar="DIR", help="export directory from `mt-policy export` (PolicyRuntime)")
+    p.add_argument("--provider", default="cpu", choices=PROVIDER_CHOICES,
+                   help="runtime provider for --onnx (default cpu: one thread per worker)")
     p.add_argument("--tasks", help="comma-separated subset of the checkpoint's tasks (default all)")
     p.add_argument("--episodes", type=int, default=10, help="episodes per task, on the first eval seeds (default 10)")
     p.add_argument("--workers", type=int, default=2, help="parallel rollout processes (default 2)")
-    p.add_argument("--out", type=Path, help="output directory (default CHECKPOINT-eval beside the checkpoint)")
+    p.add_argument("--out", type=Path, help="output directory (default CHECKPOINT-eval or DIR-eval beside it)")
     p.add_argument("--videos", type=int, default=2, help="GIFs kept per task of successes and of failures (default 2)")
     p.add_argument("--n-action-steps", type=int, metavar="N", help="actions executed per predicted chunk (default: all)")
     p.add_argument("--temporal-ensemble", type=float, metavar="K",
@@ -76,6 +82,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cap episodes below the task's limit (smoke tests; rates are then not comparable)")
     p.add_argument("--suite-file", type=Path, help="YAML file defining tasks the checkpoint was trained on")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (+ TensorRT engine), checked against PyTorch")
+    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint directory")
+    p.add_argument("--out", type=Path, required=True, help="export directory (policy.onnx, policy.json[, policy.engine])")
+    p.add_argument("--tasks", help="comma-separated subset of tasks (one task: that head alone, no task input)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--fp16", action="store_true", help="half precision for the TensorRT engine and TensorRT EP "
+                   "(the ONNX graph stays fp32)")
+    p.add_argument("--tensorrt", action="store_true", help="also build policy.engine (needs an NVIDIA GPU)")
+    p.add_argument("--demos", type=Path, nargs="+", metavar="STORE",
+                   help="demo stores for the parity check on real observations (default: the training run's)")
+
+    p = sub.add_parser("bench-runtime", help="batch-1 latency p50/p99/max: PyTorch eager vs ONNX Runtime (vs TensorRT)")
+    p.add_argument("--checkpoint", type=Path, help="checkpoint (exported to a temporary directory if --onnx is not given)")
+    p.add_argument("--onnx", type=Path, metavar="DIR", help="export directory")
+    p.add_argument("--task", help="task to time (default the first)")
+    p.add_argument("--calls", type=int, default=1000, help="timed calls per backend (default 1000)")
+    p.add_argument("--warmup", type=int, default=100, help="untimed calls first (default 100)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for eager and ORT CPU (default 1)")
+    p.add_argument("--json", type=Path, metavar="FILE", help="write the results as JSON")
     return parser
 
 
@@ -88,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return {"collect": cmd_collect, "inspect": cmd_inspect, "list": cmd_list, "demo": cmd_demo,
-                "eval": cmd_eval, "train": cmd_train}[args.command](args)
+                "eval": cmd_eval, "train": cmd_train, "export": cmd_export,
+                "bench-runtime": cmd_bench_runtime}[args.command](args)
     except MtPolicyError as err:
         print(f"mt-policy {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -256,10 +283,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from sim.eval_report import format_markdown
     from sim.evaluate import EVAL_JSON, EVAL_MD, EVAL_PNG, VIDEO_DIR, evaluate
 
-    # Beside, not inside, the checkpoint: re-saving a checkpoint replaces its whole directory.
-    out = args.out or args.checkpoint.with_name(f"{args.checkpoint.name}-eval")
+    # Beside, not inside, the policy: re-saving a checkpoint (or export) replaces its whole directory.
+    policy = args.onnx or args.checkpoint
+    out = args.out or policy.with_name(f"{policy.name}-eval")
     try:
-        report = evaluate(args.checkpoint, out, tasks=args.tasks, episodes=args.episodes, workers=args.workers,
+        report = evaluate(policy, out, onnx_provider=args.provider if args.onnx else None, tasks=args.tasks, episodes=args.episodes, workers=args.workers,
                           videos=args.videos, n_action_steps=args.n_action_steps,
                           temporal_ensemble=args.temporal_ensemble, progress=not args.no_progress,
                           suite_file=args.suite_file, max_steps=args.max_steps)
@@ -272,6 +300,42 @@ def cmd_eval(args: argparse.Namespace) -> int:
           + (f"; videos: {videos}" if videos.is_dir() else "") + f" ({report['wall_seconds']:.1f} s)")
     for warning in report["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from deploy.onnx_export import export
+
+    result = export(args.checkpoint, args.out, tasks=args.tasks, opset=args.opset, fp16=args.fp16, demos=args.demos,
+                    tensorrt=args.tensorrt)
+    print(format_export(result.manifest))
+    return 0
+
+
+def format_export(manifest: dict) -> str:
+    parity = manifest["parity"]
+    lines = [f"wrote {manifest['graph']} ({manifest['parameters']['graph']:,} parameters, opset {manifest['opset']}, "
+             f"sha256 {manifest['graph_sha256'][:12]}) and policy.json",
+             "tasks: " + ", ".join(f"{t['index']}={t['name']} ({t['action_size']}-D)" for t in manifest["tasks"]),
+             f"parity with PyTorch: max abs action error {parity['max_abs_error']:.2e} <= {parity['tolerance']:g} over "
+             + ", ".join(f"{n} {src} observations" for src, n in parity["samples"].items())]
+    lines += [f"note: {s}" for s in parity["skipped"]]
+    if manifest.get("engine"):
+        engine = manifest["engine"]
+        lines.append(f"TensorRT {engine['tensorrt']} engine {engine['file']} ({'fp16' if engine['fp16'] else 'fp32'}): "
+                     f"max abs action error {engine['parity']['max_abs_error']:.2e}")
+    return "\n".join(lines)
+
+
+def cmd_bench_runtime(args: argparse.Namespace) -> int:
+    from deploy.latency import bench_runtime, format_table, write_result
+
+    result = bench_runtime(args.checkpoint, args.onnx, task=args.task, calls=args.calls, warmup=args.warmup,
+                           threads=args.threads)
+    print("\n" + format_table(result))
+    if args.json:
+        write_result(result, args.json)
+        print(f"results: {args.json}")
     return 0
 
 

@@ -20,7 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mt_policy.errors import SchemaError, unknown_name
-from mt_policy.schema import ObservationSchema, TaskInfo, TaskSchema, camera_key
+from mt_policy.schema import ObservationSchema, TaskEntry, camera_key
+
+__all__ = ["ModelConfig", "MultiTaskPolicy", "NormStats", "TaskEntry", "shared_observation"]
 
 STD_FLOOR = 1e-2  # constant features (e.g. an unused gripper dim) must not blow up when normalised
 
@@ -55,18 +57,6 @@ class ModelConfig:
             raise ValueError("task_embedding_scale and random_shift must be >= 0")
 
 
-@dataclass(frozen=True)
-class TaskEntry:
-    """One task of a policy: identity, schema, and its head's position."""
-
-    info: TaskInfo
-    schema: TaskSchema
-
-    @property
-    def name(self) -> str:
-        return self.info.name
-
-
 @dataclass
 class NormStats:
     """Per-task mean/std of proprio and actions, plus per-camera image mean/std (0..1 scale)."""
@@ -99,12 +89,12 @@ class SpatialSoftmax(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        attention = F.softmax(x.flatten(2), dim=-1).view(b, c, h, w)
-        ys = torch.linspace(-1.0, 1.0, h, device=x.device, dtype=x.dtype)
-        xs = torch.linspace(-1.0, 1.0, w, device=x.device, dtype=x.dtype)
-        ex = (attention.sum(dim=2) * xs).sum(dim=-1)  # (B, C)
-        ey = (attention.sum(dim=3) * ys).sum(dim=-1)  # (B, C)
-        return torch.cat([ex, ey], dim=1)  # (B, 2C)
+        attention = F.softmax(x.flatten(2), dim=-1)  # (B, C, H*W)
+        ys, xs = torch.meshgrid(torch.linspace(-1.0, 1.0, h, device=x.device, dtype=x.dtype),
+                                torch.linspace(-1.0, 1.0, w, device=x.device, dtype=x.dtype), indexing="ij")
+        # One matmul against the pixel coordinates: a single MatMul node in ONNX instead of a chain of reductions.
+        keypoints = attention @ torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1)  # (B, C, 2)
+        return keypoints.transpose(1, 2).reshape(b, 2 * c)  # (B, 2C): all x, then all y
 
 
 class CameraEncoder(nn.Module):
@@ -225,19 +215,21 @@ class MultiTaskPolicy(nn.Module):
     # ------------------------------------------------------------------ forward
     def features(self, obs: Mapping[str, torch.Tensor], task_ids: torch.Tensor) -> torch.Tensor:
         """Trunk features (B, D). `obs` holds 'obs/<camera>' uint8 (B, H, W, 3) and 'obs/proprio' (B, P_task)."""
-        proprio = obs["obs/proprio"].float()
+        dtype = self.proprio_mean.dtype  # float32, or float16 in a half-precision export
+        proprio = obs["obs/proprio"].to(dtype)
         p = self.observation.proprio_size
         if proprio.shape[-1] < p:
             proprio = F.pad(proprio, (0, p - proprio.shape[-1]))
         proprio = (proprio - self.proprio_mean[task_ids]) / self.proprio_std[task_ids]
         parts = [self.proprio_mlp(proprio)]
         for name, encoder in self.encoders.items():
-            image = obs[camera_key(name)].permute(0, 3, 1, 2).float() / 255.0  # (B, 3, H, W)
+            image = obs[camera_key(name)].permute(0, 3, 1, 2).to(dtype)  # (B, 3, H, W), 0..255
             if self.training and self.config.random_shift:
-                image = random_shift(image, self.config.random_shift)
-            image = (image - getattr(self, f"image_mean_{name}")[None, :, None, None]) / getattr(
-                self, f"image_std_{name}")[None, :, None, None]
-            parts.append(encoder(image))
+                image = random_shift(image, self.config.random_shift)  # commutes with the per-channel affine below
+            # (x / 255 - mean) / std as one multiply-add: two elementwise passes fewer at full resolution
+            std = getattr(self, f"image_std_{name}")
+            scale, shift = 1.0 / (255.0 * std), -getattr(self, f"image_mean_{name}") / std
+            parts.append(encoder(image * scale[None, :, None, None] + shift[None, :, None, None]))
         fused = F.relu(self.fuse(torch.cat(parts, dim=-1)))
         gamma, beta = self.film(self.task_embedding(task_ids) * self.config.task_embedding_scale).chunk(2, dim=-1)
         return self.trunk(fused * (1.0 + gamma) + beta)

@@ -1,7 +1,7 @@
 """`ChunkRunner`: turns a chunk predictor into one action per control step.
 
 The predictor maps one observation to an action chunk (Ta, A); it may be the PyTorch model
-(`torch_predictor`) or, later, an ONNX/TensorRT runtime. Sim evaluation and the ROS node both drive
+(`torch_predictor`) or `deploy.runtime.PolicyRuntime.predict` (ONNX Runtime / TensorRT). Sim evaluation and the ROS node both drive
 a `ChunkRunner`, so they execute actions the same way:
 
 - receding horizon (`temporal_ensemble=None`): predict, execute the first `n_action_steps`, repeat;
@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from mt_policy.model import MultiTaskPolicy
+if TYPE_CHECKING:  # the runtime side (ONNX, ROS) must not need torch
+    from mt_policy.model import MultiTaskPolicy
 
 Predictor = Callable[[dict[str, np.ndarray]], np.ndarray]
 
@@ -45,11 +46,12 @@ class ChunkRunner:
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         if self.temporal_ensemble is None:
             if not self._queue:
-                chunk = self.predict(obs)
-                self._queue.extend(chunk[: self.n_action_steps])
+                # Copied: a runtime may return a view of its reused output buffer.
+                chunk = np.array(self.predict(obs)[: self.n_action_steps], dtype=np.float32)
+                self._queue.extend(chunk)
             action = self._queue.popleft()
         else:
-            self._chunks.append((self._step, self.predict(obs)))
+            self._chunks.append((self._step, np.array(self.predict(obs), dtype=np.float32)))
             while self._chunks and self._step - self._chunks[0][0] >= self.chunk:
                 self._chunks.popleft()
             preds = np.stack([c[self._step - t] for t, c in self._chunks])  # oldest first
@@ -61,6 +63,8 @@ class ChunkRunner:
 
 def torch_predictor(model: MultiTaskPolicy, task: str, device: str = "cpu") -> Predictor:
     """A predictor for one task of a PyTorch policy (batch of one, no gradients)."""
+    import torch
+
     if task not in model.task_index:
         model.task_ids(task, 1)  # raises with the list of known tasks
     keys = ["obs/proprio", *(f"obs/{c.name}" for c in model.observation.cameras)]

@@ -191,3 +191,15 @@ class TaskInfo:
             return cls(**{k: str(data.get(k, "")) for k in ("name", "description", "env_id", "env_version", "difficulty")})
         except (TypeError, AttributeError) as err:
             raise SchemaError(f"{where}: malformed task record ({err})") from None
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    """One task of a policy (checkpoint or exported graph): identity and schema."""
+
+    info: TaskInfo
+    schema: TaskSchema
+
+    @property
+    def name(self) -> str:
+        return self.info.name

@@ -1,7 +1,8 @@
-"""Per-task success rates of a checkpoint in sim: parallel policy rollouts on the evaluation seeds.
+"""Per-task success rates of a policy in sim: parallel policy rollouts on the evaluation seeds.
 
-The observation config comes from the checkpoint's schema, never from options, so the policy sees
-what it was trained on. Episode i of every task runs on `EVAL_SEEDS.seed(i)`; when the checkpoint
+The policy is a PyTorch checkpoint or an ONNX export (`mt-policy export`), run through
+`deploy.runtime.PolicyRuntime` (imported lazily, only for exports). The observation config comes
+from the policy's schema, never from options, so the policy sees what it was trained on. Episode i of every task runs on `EVAL_SEEDS.seed(i)`; when the checkpoint
 records its demo seeds, any overlap is refused. Worker processes load the checkpoint once, keep one
 env per task and drive the model through `ChunkRunner`, the wrapper the ROS node uses as well. The
 parent gathers outcomes and writes `eval.json`, `eval.md`, `eval.png` and `videos/` (see
@@ -22,10 +23,9 @@ import numpy as np
 
 from mt_policy.checkpoint import load_checkpoint
 from mt_policy.errors import MtPolicyError, UnknownNameError, unknown_name
-from mt_policy.model import MultiTaskPolicy, TaskEntry
 from mt_policy.progress import progress_bar
 from mt_policy.runner import ChunkRunner, torch_predictor
-from mt_policy.schema import ObservationSchema, camera_key
+from mt_policy.schema import ObservationSchema, TaskEntry, camera_key
 from mt_policy.seeds import EVAL_SEEDS, check_disjoint
 from sim.eval_report import (
     EpisodeOutcome,
@@ -50,10 +50,19 @@ class EvalError(MtPolicyError):
 
 
 @dataclass(frozen=True)
+class PolicySource:
+    """Where a worker loads the policy from: a checkpoint (PyTorch) or an export (PolicyRuntime on `provider`)."""
+
+    path: str
+    kind: str = "checkpoint"
+    provider: str = "cpu"
+
+
+@dataclass(frozen=True)
 class EpisodeJob:
     """Everything a worker needs for one episode; the spec travels whole (suite-file tasks included)."""
 
-    checkpoint: str
+    policy: PolicySource
     spec: TaskSpec
     obs_config: ObservationConfig
     seed: int
@@ -104,40 +113,73 @@ def run_episode(env: TaskEnv, act: Callable[[dict[str, np.ndarray]], np.ndarray]
     return success, steps, (np.stack(frames) if frames is not None else None)
 
 
-_POLICIES: dict[str, MultiTaskPolicy] = {}
+_POLICIES: dict[PolicySource, Any] = {}
 _ENVS: dict[tuple[str, ObservationConfig], TaskEnv] = {}
 
 
-def _worker_episode(job: EpisodeJob) -> EpisodeResult:
-    import torch
+def _predictor(source: PolicySource, task: str) -> tuple[Callable[[dict[str, np.ndarray]], np.ndarray], int]:
+    """The worker's (cached) policy as a predictor for `task`, and its action chunk length."""
+    policy = _POLICIES.get(source)
+    if source.kind == "onnx":
+        if policy is None:
+            from deploy.runtime import PolicyRuntime
 
-    start = time.perf_counter()
-    model = _POLICIES.get(job.checkpoint)
-    if model is None:
+            policy = _POLICIES[source] = PolicyRuntime(source.path, provider=source.provider, threads=1)
+        policy.set_task(task)
+        return policy.predict, policy.policy.action_chunk
+    if policy is None:
+        import torch
+
         torch.set_num_threads(1)  # workers are the unit of parallelism
-        model = _POLICIES[job.checkpoint] = load_checkpoint(job.checkpoint)[0]
+        policy = _POLICIES[source] = load_checkpoint(source.path)[0]
+    return torch_predictor(policy, task), policy.config.action_chunk
+
+
+def _worker_episode(job: EpisodeJob) -> EpisodeResult:
+    start = time.perf_counter()
+    predict, chunk = _predictor(job.policy, job.spec.name)
     env = _ENVS.get((job.spec.name, job.obs_config))
     if env is None:
         env = _ENVS[(job.spec.name, job.obs_config)] = job.spec.make_env(job.obs_config)
-    runner = ChunkRunner(torch_predictor(model, job.spec.name), model.config.action_chunk, job.n_action_steps,
-                         job.temporal_ensemble)
+    runner = ChunkRunner(predict, chunk, job.n_action_steps, job.temporal_ensemble)
     success, steps, frames = run_episode(env, runner.act, job.seed, job.max_steps, job.record_camera,
                                          job.frame_stride)
     return EpisodeResult(EpisodeOutcome(job.spec.name, job.seed, success, steps), frames,
                          time.perf_counter() - start)
 
 
-def _select_tasks(model: MultiTaskPolicy, tasks: str | list[str] | None) -> list[TaskEntry]:
+@dataclass(frozen=True)
+class _PolicyInfo:
+    """What evaluation needs to know about a policy before any worker loads it."""
+
+    tasks: list[TaskEntry]
+    observation: ObservationSchema
+    action_chunk: int
+    provenance: dict[str, Any]
+
+
+def _policy_info(source: PolicySource) -> _PolicyInfo:
+    if source.kind == "onnx":
+        from deploy.manifest import read_export
+
+        exported = read_export(source.path)
+        return _PolicyInfo(list(exported.tasks), exported.observation, exported.action_chunk, exported.provenance)
+    model, manifest = load_checkpoint(source.path)
+    return _PolicyInfo(list(model.tasks), model.observation, model.config.action_chunk, manifest.get("provenance") or {})
+
+
+def _select_tasks(info: _PolicyInfo, tasks: str | list[str] | None, kind: str) -> list[TaskEntry]:
     if tasks is None:
-        return list(model.tasks)
+        return list(info.tasks)
     names = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
     names = list(dict.fromkeys(n for n in names if n))
     if not names:
         raise EvalError("no tasks named")
+    by_name = {t.name: t for t in info.tasks}
     for name in names:
-        if name not in model.task_index:
-            raise unknown_name("checkpoint task", name, list(model.task_index))
-    return [model.tasks[model.task_index[n]] for n in names]
+        if name not in by_name:
+            raise unknown_name(f"{'exported' if kind == 'onnx' else 'checkpoint'} task", name, list(by_name))
+    return [by_name[n] for n in names]
 
 
 def _registry_spec(entry: TaskEntry, obs_config: ObservationConfig, suite_file: str | Path | None) -> TaskSpec:
@@ -207,9 +249,11 @@ def evaluate(
     progress: bool = True,
     suite_file: str | Path | None = None,
     max_steps: int | None = None,
+    onnx_provider: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate every task of `checkpoint` (or the `tasks` subset) on `episodes` eval seeds; return eval.json.
 
+    With `onnx_provider`, `checkpoint` is an export directory run by `PolicyRuntime` on that provider.
     `max_steps` caps episodes below each task's limit (smoke tests only: rates are then not comparable).
     """
     start = time.perf_counter()
@@ -217,8 +261,9 @@ def evaluate(
         raise EvalError(f"need episodes >= 1, workers >= 1, videos >= 0, max_steps >= 1; got {episodes}, "
                         f"{workers}, {videos}, {max_steps}")
     checkpoint = Path(checkpoint).resolve()
-    model, manifest = load_checkpoint(checkpoint)
-    chunk = model.config.action_chunk
+    source = PolicySource(str(checkpoint), "onnx" if onnx_provider else "checkpoint", onnx_provider or "cpu")
+    info = _policy_info(source)
+    chunk = info.action_chunk
     if n_action_steps is not None and not 1 <= n_action_steps <= chunk:
         raise EvalError(f"n_action_steps must be in [1, {chunk}] (the checkpoint's action chunk), got {n_action_steps}")
     if temporal_ensemble is not None and temporal_ensemble < 0:
@@ -227,11 +272,11 @@ def evaluate(
         from sim.suites import load_suite_file
 
         load_suite_file(suite_file)
-    entries = _select_tasks(model, tasks)
-    obs_config = observation_config(model.observation)
+    entries = _select_tasks(info, tasks, source.kind)
+    obs_config = observation_config(info.observation)
     specs = {e.name: _registry_spec(e, obs_config, suite_file) for e in entries}
     seeds = [EVAL_SEEDS.seed(i) for i in range(episodes)]
-    _check_demo_seeds(manifest.get("provenance") or {}, list(specs), seeds)
+    _check_demo_seeds(info.provenance, list(specs), seeds)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -240,12 +285,13 @@ def evaluate(
     keeper = _VideoKeeper(out_dir / VIDEO_DIR, videos, camera, {e.name: e.schema.control_hz for e in entries})
 
     def make_job(task: str, seed: int) -> EpisodeJob:
-        return EpisodeJob(str(checkpoint), specs[task], obs_config, seed, limits[task], n_action_steps,
+        return EpisodeJob(source, specs[task], obs_config, seed, limits[task], n_action_steps,
                           temporal_ensemble, keeper.camera_for(task), gif_stride(keeper.hz[task]))
 
     outcomes, warnings = _rollouts(make_job, list(specs), seeds, workers, keeper, progress)
     report = _report(checkpoint, entries, specs, outcomes, seeds, n_action_steps or chunk, temporal_ensemble,
                      max_steps, warnings)
+    report["policy"] = {"kind": source.kind} | ({"provider": source.provider} if source.kind == "onnx" else {})
     report["wall_seconds"] = time.perf_counter() - start
     (out_dir / EVAL_JSON).write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / EVAL_MD).write_text(format_markdown(report))
