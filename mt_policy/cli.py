@@ -207,24 +207,37 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    print(f"== 1/4 collect: {args.episodes} scripted demos per task -> {args.out}")
+    print(f"== 1/5 collect: {args.episodes} scripted demos per task -> {args.out}")
     report = _run_collect(args)
     if report.interrupted:
         return 130
-    print("\n== 2/4 inspect --validate")
+    print("\n== 2/5 inspect --validate")
     grid = args.out / "sample_grid.png"
     code = cmd_inspect(argparse.Namespace(stores=list(report.stores.values()), validate=True, sample_grid=grid, json=False))
     if code:
         return code
-    print(f"\n== 3/4 train ({args.out / 'train'})")
+    print(f"\n== 3/5 train ({args.out / 'train'})")
     result = _demo_train(args)
-    print("\n== 4/4 per-task success in sim (eval seeds)")
+    print("\n== 4/5 per-task success in sim (eval seeds)")
     from sim.eval_report import format_markdown
 
     print(format_markdown(result))
     train_dir = (args.out / "train").resolve()
+    export_dir = args.out / "export"
+    print(f"\n== 5/5 export to ONNX ({export_dir}) and runtime latency")
+    from deploy.latency import bench_runtime
+    from deploy.onnx_export import export
+
+    exported = export(train_dir / "checkpoints" / "last", export_dir)
+    print(format_export(exported.manifest))
+    latency = bench_runtime(train_dir / "checkpoints" / "last", export_dir, calls=1000, log=lambda _: None)
+    rows = {(r["backend"], r["device"]): r for r in latency["rows"]}
+    ort, eager = rows[("onnxruntime", "cpu")], rows[("pytorch-eager", "cpu")]
+    print(f"runtime latency (batch 1, 1 thread, 1000 calls): onnxruntime CPU p50 {ort['p50_ms']:.3f} ms / p99 "
+          f"{ort['p99_ms']:.3f} ms; PyTorch eager p50 {eager['p50_ms']:.3f} ms ({latency['ort_cpu_speedup_vs_eager_p50']:.1f}x)")
     print(f"\ndemo stores:   {args.out.resolve()}\nsample frames: {grid.resolve()}\n"
           f"checkpoint:    {train_dir / 'checkpoints' / 'last'}\n"
+          f"onnx export:   {export_dir.resolve()} (mt-policy eval --onnx {export_dir})\n"
           f"eval report:   {train_dir / 'eval' / 'final'} (eval.md, eval.png, videos/)\n"
           f"training logs: {train_dir / 'train_log.csv'}, tensorboard --logdir {train_dir / 'tensorboard'}")
     return 0

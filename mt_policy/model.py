@@ -87,13 +87,24 @@ def shared_observation(tasks: list[TaskEntry]) -> ObservationSchema:
 class SpatialSoftmax(nn.Module):
     """Expected (x, y) image position of each channel's activation: 2 numbers per channel."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._coords: dict[tuple, torch.Tensor] = {}  # not a buffer: derived from the input size, never saved
+
+    def coords(self, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
+        """(H*W, 2) pixel coordinates in [-1, 1], x then y; cached, so a traced graph holds them as a constant."""
+        key = (h, w, like.device, like.dtype)
+        if key not in self._coords:
+            ys, xs = torch.meshgrid(torch.linspace(-1.0, 1.0, h, device=like.device, dtype=like.dtype),
+                                    torch.linspace(-1.0, 1.0, w, device=like.device, dtype=like.dtype), indexing="ij")
+            self._coords[key] = torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1)
+        return self._coords[key]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         attention = F.softmax(x.flatten(2), dim=-1)  # (B, C, H*W)
-        ys, xs = torch.meshgrid(torch.linspace(-1.0, 1.0, h, device=x.device, dtype=x.dtype),
-                                torch.linspace(-1.0, 1.0, w, device=x.device, dtype=x.dtype), indexing="ij")
         # One matmul against the pixel coordinates: a single MatMul node in ONNX instead of a chain of reductions.
-        keypoints = attention @ torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1)  # (B, C, 2)
+        keypoints = attention @ self.coords(int(h), int(w), x)  # (B, C, 2)
         return keypoints.transpose(1, 2).reshape(b, 2 * c)  # (B, 2C): all x, then all y
 
 
