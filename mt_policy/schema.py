@@ -203,3 +203,23 @@ class TaskEntry:
     @property
     def name(self) -> str:
         return self.info.name
+
+
+def build_observation(observation: ObservationSchema, images: dict[str, np.ndarray], proprio: np.ndarray,
+                      where: str = "observation") -> dict[str, np.ndarray]:
+    """The policy's observation dict from camera images (H, W, 3 uint8) and a proprio vector.
+
+    The one place an observation is assembled: sim envs and the ROS node both call it, so a policy
+    sees the same keys, dtypes and shapes whichever side feeds it. Raises SchemaError naming `where`.
+    """
+    obs: dict[str, np.ndarray] = {}
+    for camera in observation.cameras:
+        image = images.get(camera.name)
+        if image is None:
+            raise SchemaError(f"{where}: no image for camera {camera.name!r} (have {sorted(images)})")
+        if image.dtype != np.uint8 or image.shape != camera.shape:
+            raise SchemaError(f"{where}: camera {camera.name} image is {image.dtype}{list(image.shape)}, "
+                              f"expected uint8{list(camera.shape)}")
+        obs[camera_key(camera.name)] = image
+    obs[PROPRIO_KEY] = np.asarray(proprio, dtype=np.float32)
+    return obs

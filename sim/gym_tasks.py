@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from mt_policy.errors import MtPolicyError, SchemaError
-from mt_policy.schema import ActionSchema, CameraSpec, ObservationSchema, TaskSchema
+from mt_policy.schema import ActionSchema, CameraSpec, ObservationSchema, TaskSchema, build_observation
 from sim.rendering import render_view
 from sim.tasks import ObservationConfig, StepResult, TaskSpec
 
@@ -132,14 +132,13 @@ class GymnasiumEnv:
 
     def _observe(self, raw: np.ndarray) -> dict[str, np.ndarray]:
         self._raw = raw
-        out: dict[str, np.ndarray] = {}
+        images: dict[str, np.ndarray] = {}
         for name, camera in self._cameras.items():
             assert self._renderer is not None
-            out[f"obs/{name}"] = render_view(self._renderer, self._env.unwrapped.data, camera,
-                                             self._obs_config.render_quality)
+            images[name] = render_view(self._renderer, self._env.unwrapped.data, camera, self._obs_config.render_quality)
         flat = np.asarray(raw, dtype=np.float32).ravel()
-        out["obs/proprio"] = flat[list(self._cfg.agent_pos)] if self._obs_config.proprio == "agent_pos" else flat
-        return out
+        proprio = flat[list(self._cfg.agent_pos)] if self._obs_config.proprio == "agent_pos" else flat
+        return build_observation(self.schema.observation, images, proprio, where=self._cfg.env_id)
 
     def reset(self, seed: int) -> dict[str, np.ndarray]:
         raw, _ = self._env.reset(seed=seed)

@@ -18,7 +18,7 @@ import warnings
 import numpy as np
 
 from mt_policy.errors import SchemaError, unknown_name
-from mt_policy.schema import ActionSchema, CameraSpec, ObservationSchema, TaskSchema
+from mt_policy.schema import ActionSchema, CameraSpec, ObservationSchema, TaskSchema, build_observation
 from sim.rendering import render_view
 from sim.tasks import ObservationConfig, StepResult, TaskSpec, register_task
 
@@ -140,10 +140,9 @@ class MetaWorldEnv:
 
     def _observe(self, raw: np.ndarray) -> dict[str, np.ndarray]:
         self._raw = raw
-        obs = {f"obs/{c}": self._render(c) for c in self._obs_config.cameras}
         proprio = raw[:AGENT_POS_SIZE] if self._obs_config.proprio == "agent_pos" else raw
-        obs["obs/proprio"] = np.asarray(proprio, dtype=np.float32)
-        return obs
+        return build_observation(self.schema.observation, {c: self._render(c) for c in self._obs_config.cameras},
+                                 proprio, where=self.task)
 
     def reset(self, seed: int) -> dict[str, np.ndarray]:
         self._env.np_random = np.random.RandomState(seed)
