@@ -11,16 +11,19 @@ DEMO_EPISODES ?= 20
 # its wheels are fetched from NVIDIA's own index, which CPU-only CI machines cannot reach.
 EXTRAS ?= ros,lerobot,dev$(shell command -v nvidia-smi >/dev/null 2>&1 && echo ,gpu)
 APT_PACKAGES := libegl1 libgl1-mesa-dri libegl-mesa0 libosmesa6
+# The ROS 2 package (Python module mt_policy_ros), installed editable so the serve node runs without colcon.
+ROS_PKG := ros2_ws/src/mt_policy
 
 .PHONY: setup system-deps demo test lint bench clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(ROS_PKG)/setup.py
 	@$(MAKE) --no-print-directory system-deps
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --progress-bar off -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip install --progress-bar off -e $(ROS_PKG)
 	@touch $(STAMP)
 
 # Headless MuJoCo rendering (EGL, with OSMesa as the fallback). Installs only what is missing.
