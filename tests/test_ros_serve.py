@@ -256,3 +256,19 @@ def test_missing_model_is_a_clear_error(tmp_path):
     result = subprocess.run([sys.executable, "-m", "mt_policy_ros.serve_node"], env=env, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 2 and "parameter 'model' is empty" in result.stdout + result.stderr
+
+
+def test_optional_ros2_control_outputs_carry_the_same_action(harness):
+    from std_msgs.msg import Float64MultiArray
+    from trajectory_msgs.msg import JointTrajectory
+
+    h = harness("enable:=true", "control_rate_hz:=20.0", "publish_f64:=true", "publish_trajectory:=true")
+    f64, trajectories = [], []
+    h.node.create_subscription(Float64MultiArray, "action_f64", lambda m: f64.append(list(m.data)), 10)
+    h.node.create_subscription(JointTrajectory, "action_trajectory", trajectories.append, 10)
+    h.run(1.0, IMAGE, PROPRIO)
+    assert f64 and trajectories and h.actions
+    assert len(f64[-1]) == 4 and len(trajectories[-1].points) == 1 and len(trajectories[-1].points[0].positions) == 4
+    assert trajectories[-1].points[0].time_from_start.nanosec == int(1e9 / 20.0)
+    sent = {tuple(np.round(a, 5)) for _, a in h.actions}
+    assert tuple(np.round(np.array(f64[-1], np.float32), 5)) in sent
