@@ -14,12 +14,12 @@ import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import mt_policy_ros
 import pytest
 import yaml
-from mt_policy_ros.params import PARAM_NAMES, SERVE_PARAMS
 
 import mt_policy
+import mt_policy_ros
+from mt_policy_ros.params import PARAM_NAMES, SERVE_PARAMS
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "ros2_ws" / "src" / "mt_policy"
