@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", help="comma-separated subset of the checkpoint's tasks (default all)")
     p.add_argument("--episodes", type=int, default=10, help="episodes per task, on the first eval seeds (default 10)")
     p.add_argument("--workers", type=int, default=2, help="parallel rollout processes (default 2)")
-    p.add_argument("--out", type=Path, help="output directory (default CHECKPOINT-eval or DIR-eval beside it)")
+    p.add_argument("--out", type=Path, help="output directory (default CHECKPOINT-eval or DIR-eval beside it; "
+                                            "DIR-eval-ros with --over-ros)")
     p.add_argument("--videos", type=int, default=2, help="GIFs kept per task of successes and of failures (default 2)")
     p.add_argument("--n-action-steps", type=int, metavar="N", help="actions executed per predicted chunk (default: all)")
     p.add_argument("--temporal-ensemble", type=float, metavar="K",
@@ -81,7 +82,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, metavar="N",
                    help="cap episodes below the task's limit (smoke tests; rates are then not comparable)")
     p.add_argument("--suite-file", type=Path, help="YAML file defining tasks the checkpoint was trained on")
+    p.add_argument("--over-ros", action="store_true",
+                   help="with --onnx: every action through ROS 2, from the serve node (a separate process) to the "
+                        "sim bridge, in lock-step; one episode at a time, no videos")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("sim-bridge", help="a sim task as a ROS 2 robot for the serve node (episodes until Ctrl-C)")
+    p.add_argument("--model", type=Path, required=True, help="export directory (its observation schema)")
+    p.add_argument("--task", required=True, help="task to simulate (one of the export's)")
+    p.add_argument("--episodes", type=int, help="stop after N episodes on the eval seeds (default: until Ctrl-C)")
+    p.add_argument("--max-steps", type=int, metavar="N", help="cap episodes below the task's limit")
+    p.add_argument("--qos", choices=("reliable", "best_effort"), default="reliable",
+                   help="observation QoS reliability (default reliable; also matches best-effort readers)")
+    p.add_argument("--server", default="mt_policy_server",
+                   help="serve node whose task is set (and action queue emptied) at every episode start; '' for none")
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX (+ TensorRT engine), checked against PyTorch")
     p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint directory")
@@ -93,6 +107,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tensorrt", action="store_true", help="also build policy.engine (needs an NVIDIA GPU)")
     p.add_argument("--demos", type=Path, nargs="+", metavar="STORE",
                    help="demo stores for the parity check on real observations (default: the training run's)")
+
+    p = sub.add_parser("add-task", help="attach a new task (head + embedding row) to a trained policy, with rehearsal")
+    p.add_argument("--checkpoint", type=Path, required=True, help="source checkpoint (never modified)")
+    p.add_argument("--task", required=True, help="name of the new task (the demo store's task)")
+    p.add_argument("--demos", type=Path, required=True, metavar="STORE", help="the new task's demo store")
+    p.add_argument("--out", type=Path, help="new checkpoint (default CHECKPOINT+TASK beside the source)")
+    p.add_argument("--strategy", default="rehearsal", choices=("rehearsal", "frozen", "finetune"),
+                   help="rehearsal: mix old-task windows into every batch (default); frozen: only the new head "
+                        "and embedding row train; finetune: everything trains on the new task (forgets)")
+    p.add_argument("--rehearsal-ratio", type=float, default=0.5, help="share of each batch from old tasks, in [0, 1) (default 0.5)")
+    p.add_argument("--rehearsal-source", default="auto", choices=("auto", "stores", "buffer"),
+                   help="old-task data: their stores, or the checkpoint's rehearsal buffer (default: stores when all exist)")
+    p.add_argument("--init-from", metavar="TASK", help="initialise the new embedding row from this task "
+                   "(default: the most similar task by description)")
+    p.add_argument("--steps", type=int, help="training steps (default: a fifth of the source run's)")
+    p.add_argument("--batch-size", type=int, help="batch size (default: the source run's)")
+    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (default 3e-4)")
+    p.add_argument("--eval-episodes", type=int, default=10, help="episodes per task before/after (0: no evaluation)")
+    p.add_argument("--workers", type=int, default=2, help="evaluation worker processes (default 2)")
+    p.add_argument("--n-action-steps", type=int, metavar="N", help="actions executed per chunk in evaluation")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("trim", help="a smaller policy with only some tasks' heads and embeddings")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--tasks", required=True, help="comma-separated tasks to keep, in order")
+    p.add_argument("--out", type=Path, required=True)
 
     p = sub.add_parser("bench-runtime", help="batch-1 latency p50/p99/max: PyTorch eager vs ONNX Runtime (vs TensorRT)")
     p.add_argument("--checkpoint", type=Path, help="checkpoint (exported to a temporary directory if --onnx is not given)")
@@ -115,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"collect": cmd_collect, "inspect": cmd_inspect, "list": cmd_list, "demo": cmd_demo,
                 "eval": cmd_eval, "train": cmd_train, "export": cmd_export,
-                "bench-runtime": cmd_bench_runtime}[args.command](args)
+                "bench-runtime": cmd_bench_runtime, "add-task": cmd_add_task, "trim": cmd_trim,
+                "sim-bridge": cmd_sim_bridge}[args.command](args)
     except MtPolicyError as err:
         print(f"mt-policy {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -292,18 +334,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_ros(what: str):
+    """`mt_policy_ros.<what>`, or an error saying what to install."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"mt_policy_ros.{what}")
+    except ImportError as err:
+        raise MtPolicyError(f"this needs ROS 2 and the mt_policy ROS package ({err}); install them with "
+                            f"pip install -e '.[ros]' -e ros2_ws/src/mt_policy") from None
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from sim.eval_report import format_markdown
     from sim.evaluate import EVAL_JSON, EVAL_MD, EVAL_PNG, VIDEO_DIR, evaluate
 
     # Beside, not inside, the policy: re-saving a checkpoint (or export) replaces its whole directory.
     policy = args.onnx or args.checkpoint
-    out = args.out or policy.with_name(f"{policy.name}-eval")
+    out = args.out or policy.with_name(f"{policy.name}-eval{'-ros' if args.over_ros else ''}")
+    if args.over_ros and not args.onnx:
+        raise MtPolicyError("--over-ros serves an export through the ROS node: pass --onnx DIR, not --checkpoint")
     try:
-        report = evaluate(policy, out, onnx_provider=args.provider if args.onnx else None, tasks=args.tasks, episodes=args.episodes, workers=args.workers,
-                          videos=args.videos, n_action_steps=args.n_action_steps,
-                          temporal_ensemble=args.temporal_ensemble, progress=not args.no_progress,
-                          suite_file=args.suite_file, max_steps=args.max_steps)
+        if args.over_ros:
+            report = _import_ros("eval_over_ros").evaluate_over_ros(
+                policy, out, tasks=args.tasks, episodes=args.episodes, n_action_steps=args.n_action_steps,
+                max_steps=args.max_steps, provider=args.provider, temporal_ensemble=args.temporal_ensemble,
+                progress=not args.no_progress, suite_file=args.suite_file)
+        else:
+            report = evaluate(policy, out, onnx_provider=args.provider if args.onnx else None, tasks=args.tasks,
+                              episodes=args.episodes, workers=args.workers, videos=args.videos,
+                              n_action_steps=args.n_action_steps, temporal_ensemble=args.temporal_ensemble,
+                              progress=not args.no_progress, suite_file=args.suite_file, max_steps=args.max_steps)
     except KeyboardInterrupt:
         print("interrupted: no eval results written", file=sys.stderr)
         return 130
@@ -313,6 +374,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
           + (f"; videos: {videos}" if videos.is_dir() else "") + f" ({report['wall_seconds']:.1f} s)")
     for warning in report["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def cmd_sim_bridge(args: argparse.Namespace) -> int:
+    _import_ros("sim_bridge").run_bridge(args.model, args.task, args.episodes, args.max_steps, args.qos, args.server)
     return 0
 
 
@@ -338,6 +404,47 @@ def format_export(manifest: dict) -> str:
         lines.append(f"TensorRT {engine['tensorrt']} engine {engine['file']} ({'fp16' if engine['fp16'] else 'fp32'}): "
                      f"max abs action error {engine['parity']['max_abs_error']:.2e}")
     return "\n".join(lines)
+
+
+def cmd_add_task(args: argparse.Namespace) -> int:
+    from training.add_task import AddTaskOptions, add_task, format_report
+
+    opts = AddTaskOptions(args.checkpoint, args.task, args.demos, args.out, args.strategy, args.rehearsal_ratio,
+                          args.rehearsal_source, args.init_from, args.steps, args.batch_size, args.lr,
+                          eval_episodes=args.eval_episodes, workers=args.workers, n_action_steps=args.n_action_steps,
+                          seed=args.seed, progress=not args.no_progress)
+    try:
+        report = add_task(opts)
+    except KeyboardInterrupt:
+        print(f"interrupted: {opts.checkpoint} is untouched; run the same command again to resume", file=sys.stderr)
+        return 130
+    print("\n" + format_report(report))
+    print(f"checkpoint: {report['checkpoint']} (forgetting.json, forgetting.md inside)")
+    return 0
+
+
+def cmd_trim(args: argparse.Namespace) -> int:
+    from mt_policy.checkpoint import load_checkpoint, save_checkpoint
+    from mt_policy.policy_edit import trim_policy
+
+    if args.out.resolve() == args.checkpoint.resolve():
+        raise MtPolicyError("--out is the source checkpoint; trim writes a new one")
+    model, manifest = load_checkpoint(args.checkpoint)
+    names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    small = trim_policy(model, names)
+    provenance = (manifest.get("provenance") or {}) | {"trimmed_from": str(args.checkpoint.resolve()), "tasks": names}
+    provenance["stores"] = {k: v for k, v in (provenance.get("stores") or {}).items() if k in names}
+    provenance["demo_seeds"] = {k: v for k, v in (provenance.get("demo_seeds") or {}).items() if k in names}
+    from mt_policy.checkpoint import load_extra
+
+    extra = {}
+    buffer = load_extra(args.checkpoint, "rehearsal")
+    if buffer is not None:
+        extra["rehearsal"] = {k: v for k, v in buffer.items() if k.split("::", 1)[0] in names}
+    save_checkpoint(small, args.out, provenance, extra_tensors=extra)
+    before, after = sum(p.numel() for p in model.parameters()), sum(p.numel() for p in small.parameters())
+    print(f"kept {', '.join(names)}: {after:,} parameters (from {before:,}) -> {args.out}")
+    return 0
 
 
 def cmd_bench_runtime(args: argparse.Namespace) -> int:

@@ -98,6 +98,8 @@ class TrainConfig:
     resume: bool = False
     """Continue from `<run dir>/checkpoints/last` (use `mt-policy train --resume RUN_DIR`)."""
     progress: bool = True
+    rehearsal_per_task: int = 200
+    """Training windows per task kept in every checkpoint's rehearsal buffer (for `mt-policy add-task`)."""
 
 
 @dataclass

@@ -66,9 +66,9 @@ class MultiTaskBatcher:
 
     def sample(self, rng: np.random.Generator, batch_size: int) -> Batch:
         counts = rng.multinomial(batch_size, self.probabilities)
-        return self._assemble({t: self.samplers[t].sample(rng, int(k)) for t, k in zip(self.tasks, counts, strict=True) if k})
+        return self.assemble({t: self.samplers[t].sample(rng, int(k)) for t, k in zip(self.tasks, counts, strict=True) if k})
 
-    def _assemble(self, parts: dict[str, dict[str, np.ndarray]]) -> Batch:
+    def assemble(self, parts: dict[str, dict[str, np.ndarray]]) -> Batch:
         obs_lists: dict[str, list[np.ndarray]] = {}
         slices, actions, pads, ids = {}, {}, {}, []
         start = 0
@@ -91,4 +91,4 @@ class MultiTaskBatcher:
     def validation_batches(self, rng: np.random.Generator, per_task: int) -> Batch | None:
         if not self.val_samplers:
             return None
-        return self._assemble({t: s.sample(rng, per_task) for t, s in self.val_samplers.items()})
+        return self.assemble({t: s.sample(rng, per_task) for t, s in self.val_samplers.items()})

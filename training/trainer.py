@@ -35,8 +35,10 @@ from training.balancers import BackwardContext, LossBalancer, make_balancer
 from training.config import ResolvedTask, resolve_tasks, validate
 from training.conflicts import conflict_metrics, task_gradients
 from training.data import Batch, MultiTaskBatcher, task_probabilities
+from training.rehearsal import RehearsalBuffer
 
 LAST = "last"
+REHEARSAL = "rehearsal"  # <checkpoint>/rehearsal.safetensors
 STATE_FILE = "trainer_state.json"
 
 
@@ -133,6 +135,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(list(self.model.parameters()) + list(self.balancer.parameters()),
                                            lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.step = 0
+        self.train_seconds = 0.0  # wall time of the training loop, over resumes (add-task compares with it)
+        self._rehearsal: RehearsalBuffer | None = None
         self.log_path = self.run_dir / "train_log.csv"
         self.writer = None
 
@@ -237,6 +241,7 @@ class Trainer:
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "git_commit": _git_commit(),
             "ema": self.ema is not None,
+            "train_seconds": self.train_seconds,
         }
 
     def save(self, name: str = LAST) -> Path:
@@ -246,10 +251,14 @@ class Trainer:
         for idx, state in optim["state"].items():
             tensors |= {f"optim.{idx}.{k}": torch.as_tensor(v) for k, v in state.items()}
         tensors["torch_rng"] = torch.get_rng_state()
-        state = {"step": self.step, "numpy_rng": self.rng.bit_generator.state,
+        if self._rehearsal is None:  # drawn once, with its own seed: it never changes the training batches
+            self._rehearsal = RehearsalBuffer.from_demos(self.demos, self.cfg.train.rehearsal_per_task,
+                                                         self.model.config.action_chunk, self.cfg.train.seed)
+        state = {"step": self.step, "train_seconds": self.train_seconds, "numpy_rng": self.rng.bit_generator.state,
                  "param_groups": optim["param_groups"], "optim_keys": {str(i): list(s) for i, s in optim["state"].items()}}
         path = save_checkpoint(self.policy, self.run_dir / "checkpoints" / name, self.provenance(),
-                               extra_tensors={"resume": tensors}, extra_files={STATE_FILE: json.dumps(state)})
+                               extra_tensors={"resume": tensors, REHEARSAL: self._rehearsal.to_tensors()},
+                               extra_files={STATE_FILE: json.dumps(state)})
         return path
 
     def restore(self, path: Path) -> None:
@@ -266,6 +275,7 @@ class Trainer:
         self.optimizer.load_state_dict({"state": optim_state, "param_groups": state["param_groups"]})
         torch.set_rng_state(tensors["torch_rng"])
         self.step = int(state["step"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
         if self.world == 1:
             self.rng.bit_generator.state = state["numpy_rng"]
         else:  # any process count can resume: each rank starts a fresh stream keyed by the step
@@ -318,7 +328,9 @@ class Trainer:
         window_start, window_samples = time.perf_counter(), 0
         path = self.run_dir / "checkpoints" / LAST
         while self.step < cfg.steps:
+            started = time.perf_counter()
             row = self.train_step()
+            self.train_seconds += time.perf_counter() - started
             window_samples += cfg.batch_size
             if (self.step % cfg.log_every == 0 or self.step == cfg.steps) and lead:
                 elapsed = time.perf_counter() - window_start
