@@ -237,6 +237,42 @@ class _VideoKeeper:
         self.saved[(o.task, o.success)] = self.saved.get((o.task, o.success), 0) + 1
 
 
+@dataclass(frozen=True)
+class EvalPlan:
+    """A checked evaluation: the policy's tasks to run, their sim specs, seeds and step limits."""
+
+    info: _PolicyInfo
+    entries: list[TaskEntry]
+    obs_config: ObservationConfig
+    specs: dict[str, TaskSpec]
+    seeds: list[int]
+    limits: dict[str, int]
+
+
+def plan_evaluation(source: PolicySource, tasks: str | list[str] | None, episodes: int, n_action_steps: int | None,
+                    temporal_ensemble: float | None, suite_file: str | Path | None,
+                    max_steps: int | None) -> EvalPlan:
+    """Every check an evaluation makes before the first rollout (shared by sim eval and eval over ROS)."""
+    info = _policy_info(source)
+    chunk = info.action_chunk
+    what = "export" if source.kind == "onnx" else "checkpoint"
+    if n_action_steps is not None and not 1 <= n_action_steps <= chunk:
+        raise EvalError(f"n_action_steps must be in [1, {chunk}] (the {what}'s action chunk), got {n_action_steps}")
+    if temporal_ensemble is not None and temporal_ensemble < 0:
+        raise EvalError(f"temporal_ensemble must be >= 0, got {temporal_ensemble}")
+    if suite_file is not None:
+        from sim.suites import load_suite_file
+
+        load_suite_file(suite_file)
+    entries = _select_tasks(info, tasks, source.kind)
+    obs_config = observation_config(info.observation)
+    specs = {e.name: _registry_spec(e, obs_config, suite_file) for e in entries}
+    seeds = [EVAL_SEEDS.seed(i) for i in range(episodes)]
+    _check_demo_seeds(info.provenance, list(specs), seeds)
+    limits = {e.name: min(max_steps or e.schema.max_episode_steps, e.schema.max_episode_steps) for e in entries}
+    return EvalPlan(info, entries, obs_config, specs, seeds, limits)
+
+
 def evaluate(
     checkpoint: str | Path,
     out_dir: str | Path,
@@ -262,25 +298,12 @@ def evaluate(
                         f"{workers}, {videos}, {max_steps}")
     checkpoint = Path(checkpoint).resolve()
     source = PolicySource(str(checkpoint), "onnx" if onnx_provider else "checkpoint", onnx_provider or "cpu")
-    info = _policy_info(source)
+    plan = plan_evaluation(source, tasks, episodes, n_action_steps, temporal_ensemble, suite_file, max_steps)
+    info, entries, obs_config, specs, seeds, limits = (plan.info, plan.entries, plan.obs_config, plan.specs,
+                                                       plan.seeds, plan.limits)
     chunk = info.action_chunk
-    if n_action_steps is not None and not 1 <= n_action_steps <= chunk:
-        raise EvalError(f"n_action_steps must be in [1, {chunk}] (the checkpoint's action chunk), got {n_action_steps}")
-    if temporal_ensemble is not None and temporal_ensemble < 0:
-        raise EvalError(f"temporal_ensemble must be >= 0, got {temporal_ensemble}")
-    if suite_file is not None:
-        from sim.suites import load_suite_file
-
-        load_suite_file(suite_file)
-    entries = _select_tasks(info, tasks, source.kind)
-    obs_config = observation_config(info.observation)
-    specs = {e.name: _registry_spec(e, obs_config, suite_file) for e in entries}
-    seeds = [EVAL_SEEDS.seed(i) for i in range(episodes)]
-    _check_demo_seeds(info.provenance, list(specs), seeds)
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    limits = {e.name: min(max_steps or e.schema.max_episode_steps, e.schema.max_episode_steps) for e in entries}
     camera = obs_config.cameras[0] if obs_config.cameras and videos > 0 else None
     keeper = _VideoKeeper(out_dir / VIDEO_DIR, videos, camera, {e.name: e.schema.control_hz for e in entries})
 

@@ -32,3 +32,28 @@ def make_episode(schema: TaskSchema, length: int, rng: np.random.Generator) -> d
         else:
             out[key] = rng.standard_normal((length, *shape)).astype(dtype)
     return out
+
+
+def random_policy(names, obs_config, config, seed: int = 0):
+    """An untrained multitask policy with random FiLM and non-trivial normalisation statistics, so every part
+    of the graph matters (export parity, runtime and ROS round trips compare such policies)."""
+    import torch
+
+    from mt_policy.model import MultiTaskPolicy, NormStats, TaskEntry
+    from sim.tasks import get_task
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    entries = [TaskEntry(get_task(n).info(), get_task(n).schema(obs_config)) for n in names]
+    model = MultiTaskPolicy(config, entries)
+    for p in model.film.parameters():
+        torch.nn.init.normal_(p, std=0.3)  # FiLM starts as the identity; make the task embedding count
+    stats = NormStats()
+    for e in entries:
+        p, a = e.schema.observation.proprio_size, e.schema.action.size
+        stats.proprio[e.name] = (rng.normal(size=p), rng.uniform(0.1, 2.0, p))
+        stats.action[e.name] = (rng.normal(size=a), rng.uniform(0.1, 2.0, a))
+    for c in obs_config.cameras:
+        stats.image[c] = (rng.uniform(0.3, 0.6, 3), rng.uniform(0.1, 0.3, 3))
+    model.set_stats(stats)
+    return model.eval()

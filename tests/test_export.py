@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from conftest import random_policy
 
 from deploy.manifest import ExportError, read_export, sha256_file
 from deploy.onnx_export import FP32_TOLERANCE, export
@@ -19,7 +19,7 @@ from deploy.tensorrt_engine import nvidia_gpu_count
 from mt_policy.checkpoint import load_checkpoint, save_checkpoint
 from mt_policy.cli import main
 from mt_policy.errors import UnknownNameError
-from mt_policy.model import ModelConfig, MultiTaskPolicy, NormStats, TaskEntry
+from mt_policy.model import ModelConfig, MultiTaskPolicy
 from mt_policy.runner import torch_predictor
 from sim.collect import collect
 from sim.tasks import ObservationConfig, get_task
@@ -33,22 +33,7 @@ HAS_GPU = nvidia_gpu_count() > 0
 
 
 def _policy(names: tuple[str, ...], obs_config: ObservationConfig, seed: int = 0) -> MultiTaskPolicy:
-    """Random weights and non-trivial normalisation statistics, so every part of the graph matters."""
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    entries = [TaskEntry(get_task(n).info(), get_task(n).schema(obs_config)) for n in names]
-    model = MultiTaskPolicy(SMALL, entries)
-    for p in model.film.parameters():
-        torch.nn.init.normal_(p, std=0.3)  # FiLM starts as the identity; make the task embedding count
-    stats = NormStats()
-    for e in entries:
-        p, a = e.schema.observation.proprio_size, e.schema.action.size
-        stats.proprio[e.name] = (rng.normal(size=p), rng.uniform(0.1, 2.0, p))
-        stats.action[e.name] = (rng.normal(size=a), rng.uniform(0.1, 2.0, a))
-    for c in obs_config.cameras:
-        stats.image[c] = (rng.uniform(0.3, 0.6, 3), rng.uniform(0.1, 0.3, 3))
-    model.set_stats(stats)
-    return model.eval()
+    return random_policy(names, obs_config, SMALL, seed)
 
 
 @pytest.fixture(scope="module")
