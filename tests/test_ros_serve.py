@@ -230,6 +230,7 @@ def test_enable_gates_actuation_and_diagnostics_report_the_state(harness):
     assert status.message == "ready, actuation disabled" and values["task"] == "drawer-close-v3"
     assert values["provider"] == "cpu" and float(values["inference_p99_ms"]) > 0
     assert 20 <= float(values["camera/corner2/image_raw rate_hz"]) <= 60
+    assert int(values["joint_states accepted"]) >= 20 and "joint_states overwritten" in values
     assert h.set("enable", True)[0]
     h.run(1.0, IMAGE, PROPRIO)
     assert h.actions

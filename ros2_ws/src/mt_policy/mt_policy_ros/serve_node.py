@@ -15,6 +15,7 @@ and raise a diagnostic; bad messages are dropped with a throttled error naming t
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
@@ -43,6 +44,7 @@ from mt_policy_ros.params import SERVE_PARAMS
 NODE_NAME = "mt_policy_server"
 LATENCY_WINDOW = 1000
 ERROR_THROTTLE_S = 2.0
+LARGE_FRAME_BYTES = 512 * 1024  # above this, Fast DDS's default shared-memory transport loses frames
 
 
 @dataclass
@@ -55,6 +57,7 @@ class InputSlot:
     fresh: bool = False  # accepted since the last action (trigger=observation)
     accepted: int = 0
     dropped: int = 0
+    overwritten: int = 0  # accepted while the previous value was still unused (latest-value design)
     last_error: float = -1e9
     suppressed: int = 0
     arrivals: deque = field(default_factory=lambda: deque(maxlen=100))
@@ -120,6 +123,11 @@ class PolicyServer(Node):
         self._worker = threading.Thread(target=self._inference_loop, name="mt_policy_inference", daemon=True)
         self._worker.start()
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        largest = max((c.height * c.width * 3 for c in observation.cameras), default=0)
+        if largest > LARGE_FRAME_BYTES and "FASTDDS_BUILTIN_TRANSPORTS" not in os.environ:
+            self.get_logger().warn(
+                f"camera frames of {largest // 1024} KiB with Fast DDS's default transports: images from other "
+                f"processes may never arrive; set FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA (serve.launch.py does)")
         self.get_logger().info(
             f"serving {self.runtime.policy.directory} on {self.runtime.provider}: task {self.runtime.task} "
             f"(of {', '.join(self.runtime.tasks)}), {self.trigger} trigger at {rate:g} Hz, "
@@ -189,6 +197,7 @@ class PolicyServer(Node):
     def _accept(self, slot: InputSlot, value: np.ndarray) -> None:
         now = time.monotonic()
         with self._state:
+            slot.overwritten += slot.fresh
             slot.value, slot.received, slot.fresh = value, now, True
             slot.accepted += 1
             slot.arrivals.append(now)
@@ -296,7 +305,8 @@ class PolicyServer(Node):
             for slot in self.slots.values():
                 age = f"{now - slot.received:.3f}" if slot.value is not None else "none"
                 values += [(f"{slot.topic} age_s", age), (f"{slot.topic} rate_hz", f"{slot.rate_hz(now):.1f}"),
-                           (f"{slot.topic} dropped", str(slot.dropped))]
+                           (f"{slot.topic} accepted", str(slot.accepted)), (f"{slot.topic} dropped", str(slot.dropped)),
+                           (f"{slot.topic} overwritten", str(slot.overwritten))]
         latencies = np.array(self._latencies) * 1e3
         if latencies.size:
             values += [("inference_p50_ms", f"{np.percentile(latencies, 50):.3f}"),
