@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mt_policy.errors import MtPolicyError, SchemaError, unknown_name
-from mt_policy.schema import ObservationSchema, TaskEntry, TaskInfo, TaskSchema
+from mt_policy.schema import CameraSpec, ObservationSchema, TaskEntry, TaskInfo, TaskSchema
 
 EXPORT_FORMAT = "mt_policy.export"
 EXPORT_FORMAT_VERSION = 1
@@ -100,8 +100,6 @@ def read_export(path: str | Path) -> ExportedPolicy:
             TaskEntry(TaskInfo.from_dict(t), TaskSchema.from_dict(t["schema"], where=f"{manifest_path}: task {t['name']}"))
             for t in sorted(manifest["tasks"], key=lambda t: t["index"]))
         obs = manifest["observation"]
-        from mt_policy.schema import CameraSpec
-
         observation = ObservationSchema(tuple(CameraSpec(**c) for c in obs["cameras"]), int(obs["proprio_size"]),
                                         obs["proprio_source"], obs["render_quality"])
         chunk, width = int(manifest["action_chunk"]), int(manifest["action_width"])

@@ -38,7 +38,7 @@ from deploy.manifest import (
     write_manifest,
 )
 from mt_policy import __version__
-from mt_policy.checkpoint import load_checkpoint, read_manifest
+from mt_policy.checkpoint import load_checkpoint
 from mt_policy.demo_store import DemoStore
 from mt_policy.errors import MtPolicyError, unknown_name
 from mt_policy.model import MultiTaskPolicy
@@ -262,7 +262,6 @@ def export(checkpoint: str | Path, out: str | Path, tasks: str | list[str] | Non
     Nothing is written unless parity holds: the new directory is assembled beside `out` and renamed
     into place at the end.
     """
-    start = time.perf_counter()
     if tensorrt:
         from deploy.tensorrt_engine import require_gpu
 
@@ -271,7 +270,7 @@ def export(checkpoint: str | Path, out: str | Path, tasks: str | list[str] | Non
     model, ckpt_manifest = load_checkpoint(checkpoint)
     names = _select(model, tasks)
     graph = ExportGraph(model, names).eval()
-    stores = _find_stores(read_manifest(checkpoint), names, demos)
+    stores = _find_stores(ckpt_manifest, names, demos)
     tmp = _prepare_out(out)
     try:
         onnx_path = tmp / GRAPH
@@ -295,7 +294,6 @@ def export(checkpoint: str | Path, out: str | Path, tasks: str | list[str] | Non
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    manifest["provenance"]["export_seconds"] = time.perf_counter() - start
     return ExportResult(out, parity, manifest, engine_parity)
 
 

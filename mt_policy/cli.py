@@ -424,8 +424,10 @@ def cmd_add_task(args: argparse.Namespace) -> int:
 
 
 def cmd_trim(args: argparse.Namespace) -> int:
-    from mt_policy.checkpoint import load_checkpoint, save_checkpoint
+    from mt_policy.checkpoint import load_checkpoint, load_extra, save_checkpoint
     from mt_policy.policy_edit import trim_policy
+    from training.rehearsal import RehearsalBuffer
+    from training.trainer import REHEARSAL
 
     if args.out.resolve() == args.checkpoint.resolve():
         raise MtPolicyError("--out is the source checkpoint; trim writes a new one")
@@ -435,12 +437,10 @@ def cmd_trim(args: argparse.Namespace) -> int:
     provenance = (manifest.get("provenance") or {}) | {"trimmed_from": str(args.checkpoint.resolve()), "tasks": names}
     provenance["stores"] = {k: v for k, v in (provenance.get("stores") or {}).items() if k in names}
     provenance["demo_seeds"] = {k: v for k, v in (provenance.get("demo_seeds") or {}).items() if k in names}
-    from mt_policy.checkpoint import load_extra
-
     extra = {}
-    buffer = load_extra(args.checkpoint, "rehearsal")
+    buffer = load_extra(args.checkpoint, REHEARSAL)
     if buffer is not None:
-        extra["rehearsal"] = {k: v for k, v in buffer.items() if k.split("::", 1)[0] in names}
+        extra[REHEARSAL] = RehearsalBuffer.from_tensors(buffer).only(names).to_tensors()
     save_checkpoint(small, args.out, provenance, extra_tensors=extra)
     before, after = sum(p.numel() for p in model.parameters()), sum(p.numel() for p in small.parameters())
     print(f"kept {', '.join(names)}: {after:,} parameters (from {before:,}) -> {args.out}")

@@ -226,15 +226,14 @@ class MultiTaskPolicy(nn.Module):
     # ------------------------------------------------------------------ forward
     def features(self, obs: Mapping[str, torch.Tensor], task_ids: torch.Tensor) -> torch.Tensor:
         """Trunk features (B, D). `obs` holds 'obs/<camera>' uint8 (B, H, W, 3) and 'obs/proprio' (B, P_task)."""
-        dtype = self.proprio_mean.dtype  # float32, or float16 in a half-precision export
-        proprio = obs["obs/proprio"].to(dtype)
+        proprio = obs["obs/proprio"].float()
         p = self.observation.proprio_size
         if proprio.shape[-1] < p:
             proprio = F.pad(proprio, (0, p - proprio.shape[-1]))
         proprio = (proprio - self.proprio_mean[task_ids]) / self.proprio_std[task_ids]
         parts = [self.proprio_mlp(proprio)]
         for name, encoder in self.encoders.items():
-            image = obs[camera_key(name)].permute(0, 3, 1, 2).to(dtype)  # (B, 3, H, W), 0..255
+            image = obs[camera_key(name)].permute(0, 3, 1, 2).float()  # (B, 3, H, W), 0..255
             if self.training and self.config.random_shift:
                 image = random_shift(image, self.config.random_shift)  # commutes with the per-channel affine below
             # (x / 255 - mean) / std as one multiply-add: two elementwise passes fewer at full resolution

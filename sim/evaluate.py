@@ -182,17 +182,17 @@ def _select_tasks(info: _PolicyInfo, tasks: str | list[str] | None, kind: str) -
     return [by_name[n] for n in names]
 
 
-def _registry_spec(entry: TaskEntry, obs_config: ObservationConfig, suite_file: str | Path | None) -> TaskSpec:
-    """The registry entry that simulates a checkpoint task, checked against the schema it was trained on."""
+def registry_spec(entry: TaskEntry, obs_config: ObservationConfig, suite_file: str | Path | None) -> TaskSpec:
+    """The registry entry that simulates a policy's task, checked against the schema the policy was trained on."""
     try:
         spec = get_task(entry.name)
     except UnknownNameError:
         hint = f" (not defined in {suite_file} either)" if suite_file else "; pass the suite file defining it (--suite-file)"
-        raise EvalError(f"checkpoint task {entry.name!r} is not a registered task{hint}") from None
+        raise EvalError(f"policy task {entry.name!r} is not a registered task{hint}") from None
     schema = spec.schema(obs_config)
     if schema.observation != entry.schema.observation or schema.action != entry.schema.action:
         raise EvalError(f"task {entry.name}: the environment now produces {schema.observation}, {schema.action}, "
-                        f"but the checkpoint was trained on {entry.schema.observation}, {entry.schema.action}")
+                        f"but the policy was trained on {entry.schema.observation}, {entry.schema.action}")
     return spec
 
 
@@ -266,7 +266,7 @@ def plan_evaluation(source: PolicySource, tasks: str | list[str] | None, episode
         load_suite_file(suite_file)
     entries = _select_tasks(info, tasks, source.kind)
     obs_config = observation_config(info.observation)
-    specs = {e.name: _registry_spec(e, obs_config, suite_file) for e in entries}
+    specs = {e.name: registry_spec(e, obs_config, suite_file) for e in entries}
     seeds = [EVAL_SEEDS.seed(i) for i in range(episodes)]
     _check_demo_seeds(info.provenance, list(specs), seeds)
     limits = {e.name: min(max_steps or e.schema.max_episode_steps, e.schema.max_episode_steps) for e in entries}

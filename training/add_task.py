@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,11 +34,12 @@ from mt_policy.progress import progress_bar
 from mt_policy.sampler import WindowSampler, WindowSpec
 from training.data import MultiTaskBatcher
 from training.rehearsal import RehearsalBuffer
-from training.trainer import REHEARSAL, task_losses
+from training.trainer import REHEARSAL, cosine_lr, ema_update, task_losses
 
 STRATEGIES = ("rehearsal", "frozen", "finetune")
 REHEARSAL_SOURCES = ("auto", "stores", "buffer")
 STATE_FILE = "add_task_state.json"
+MIN_LR_RATIO = 0.05
 
 
 class AddTaskError(MtPolicyError):
@@ -132,6 +132,8 @@ def plan(opts: AddTaskOptions) -> Plan:
     result = Plan(model, manifest, TaskEntry(store.task, store.schema), store.load(), "none",
                   steps=opts.steps or max(1, int(config.get("train", {}).get("steps", 2000)) // 5),
                   batch_size=opts.batch_size or int(config.get("train", {}).get("batch_size", 128)))
+    tensors = load_extra(opts.checkpoint, REHEARSAL)  # read once: rehearsal draws from it, the result extends it
+    result.buffer = RehearsalBuffer.from_tensors(tensors) if tensors is not None else None
     if opts.strategy == "rehearsal" and opts.rehearsal_ratio > 0:
         _rehearsal_source(opts, result)
     result.init_from = _initial_row(opts, model, store.task.description)
@@ -156,18 +158,17 @@ def _rehearsal_source(opts: AddTaskOptions, result: Plan) -> None:
     old = [t.name for t in result.model.tasks]
     stores = (result.manifest.get("provenance") or {}).get("stores") or {}
     have_stores = all(Path(stores.get(t, "/nonexistent"), "zarr.json").is_file() for t in old)
-    buffer_tensors = load_extra(opts.checkpoint, REHEARSAL)
     if opts.rehearsal_source in ("auto", "stores") and have_stores:
         result.old_source = "stores"
         result.old_stores = {t: DemoStore.open(stores[t]).load() for t in old}
-    elif opts.rehearsal_source in ("auto", "buffer") and buffer_tensors is not None:
-        result.old_source, result.buffer = "buffer", RehearsalBuffer.from_tensors(buffer_tensors)
+    elif opts.rehearsal_source in ("auto", "buffer") and result.buffer is not None:
+        result.old_source = "buffer"
         missing = [t for t in old if t not in result.buffer.tasks]
         if missing:
             raise AddTaskError(f"{opts.checkpoint}: the rehearsal buffer has no windows of {missing}")
     else:
         why = ("the old tasks' stores are not all at the recorded paths" if not have_stores else "")
-        why += ("; " if why else "") + ("the checkpoint has no rehearsal buffer" if buffer_tensors is None else "")
+        why += ("; " if why else "") + ("the checkpoint has no rehearsal buffer" if result.buffer is None else "")
         raise AddTaskError(f"rehearsal needs old-task data and none is usable ({why or opts.rehearsal_source}); "
                            f"use --strategy frozen, or retrain to get a checkpoint with a rehearsal buffer")
 
@@ -231,13 +232,6 @@ def _trainable(model: MultiTaskPolicy, strategy: str, new_index: int) -> list[di
     return [{"params": head}, {"params": [embedding], "weight_decay": 0.0}]
 
 
-def _lr(step: int, total: int, base: float, warmup: int) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-
 def add_task(opts: AddTaskOptions, log=print) -> dict[str, Any]:
     """Run add-task end to end; returns the forgetting report (also written beside the new checkpoint)."""
     start = time.perf_counter()
@@ -269,7 +263,7 @@ def add_task(opts: AddTaskOptions, log=print) -> dict[str, Any]:
             began = time.perf_counter()
             model.train()
             for group in optimizer.param_groups:
-                group["lr"] = _lr(step, p.steps, opts.lr, opts.warmup_steps)
+                group["lr"] = cosine_lr(step, p.steps, opts.lr, opts.warmup_steps, MIN_LR_RATIO)
             losses, _ = task_losses(model, batches.sample(rng, p.batch_size))
             loss = sum(losses.values())
             optimizer.zero_grad(set_to_none=True)
@@ -277,10 +271,7 @@ def add_task(opts: AddTaskOptions, log=print) -> dict[str, Any]:
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
             if ema is not None:
-                d = min(ema_decay, (1 + step) / (10 + step))
-                with torch.no_grad():
-                    for e, q in zip(ema.parameters(), model.parameters(), strict=True):
-                        e.lerp_(q, 1 - d)
+                ema_update(ema, model, ema_decay, step)
             step += 1
             seconds += time.perf_counter() - began
             bar.set_postfix(loss=f"{float(loss):.4f}", new=f"{float(losses[p.entry.name]):.4f}", refresh=False)
@@ -348,12 +339,14 @@ def _save_final(out: Path, partial: Path, opts: AddTaskOptions, policy: MultiTas
         "add_task": record,
         "lineage": [*(source.get("lineage") or []), record],
     }
-    old_buffer = load_extra(opts.checkpoint, REHEARSAL)
     per_task = int(_source_config(p.manifest).get("train", {}).get("rehearsal_per_task", 200))
-    new_buffer = RehearsalBuffer.from_demos({p.entry.name: p.new_demos}, per_task, policy.config.action_chunk, opts.seed)
-    buffer = RehearsalBuffer.from_tensors(old_buffer).merged(new_buffer) if old_buffer is not None else new_buffer
-    if old_buffer is None and p.old_stores:  # an older checkpoint without a buffer: build the old tasks' part now
-        buffer = RehearsalBuffer.from_demos(p.old_stores, per_task, policy.config.action_chunk, opts.seed).merged(new_buffer)
+    chunk = policy.config.action_chunk
+    old = p.buffer
+    if old is None and p.old_stores:  # an older checkpoint without a buffer: build the old tasks' part now
+        old = RehearsalBuffer.from_demos(p.old_stores, per_task, chunk, opts.seed)
+    buffer = RehearsalBuffer.from_demos({p.entry.name: p.new_demos}, per_task, chunk, opts.seed)
+    if old is not None:
+        buffer = old.merged(buffer)
     save_checkpoint(policy, out, provenance, extra_tensors={REHEARSAL: buffer.to_tensors()})
     shutil.rmtree(partial, ignore_errors=True)
     return out

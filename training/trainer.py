@@ -69,13 +69,27 @@ def norm_stats(demos: dict[str, LoadedDemos]) -> NormStats:
     return stats
 
 
+def cosine_lr(step: int, total: int, lr: float, warmup: int, min_ratio: float) -> float:
+    """Linear warmup to `lr`, then cosine decay to `lr * min_ratio` at step `total`."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
 def lr_at(step: int, cfg: Any) -> float:
-    """Linear warmup to `lr`, then cosine decay to `lr * min_lr_ratio` at the last step."""
-    o, total = cfg.optim, cfg.train.steps
-    if step < o.warmup_steps:
-        return o.lr * (step + 1) / o.warmup_steps
-    progress = (step - o.warmup_steps) / max(1, total - o.warmup_steps)
-    return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    o = cfg.optim
+    return cosine_lr(step, cfg.train.steps, o.lr, o.warmup_steps, o.min_lr_ratio)
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, max_decay: float, step: int) -> None:
+    """Move `ema` toward `model` (decay warming up to `max_decay`); buffers (statistics) are copied."""
+    decay = min(max_decay, (1 + step) / (10 + step))
+    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+        e.lerp_(p, 1 - decay)
+    for e, b in zip(ema.buffers(), model.buffers(), strict=True):
+        e.copy_(b)
 
 
 def task_losses(model: MultiTaskPolicy, batch: Batch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -215,14 +229,8 @@ class Trainer:
             consensus /= self.world
 
     def _update_ema(self) -> None:
-        if self.ema is None:
-            return
-        decay = min(self.cfg.optim.ema_decay, (1 + self.step) / (10 + self.step))
-        with torch.no_grad():
-            for e, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
-                e.lerp_(p, 1 - decay)
-            for e, b in zip(self.ema.buffers(), self.model.buffers(), strict=True):
-                e.copy_(b)
+        if self.ema is not None:
+            ema_update(self.ema, self.model, self.cfg.optim.ema_decay, self.step)
 
     @property
     def policy(self) -> MultiTaskPolicy:

@@ -40,9 +40,9 @@ from mt_policy.schema import PROPRIO_KEY, camera_key
 from mt_policy.seeds import EVAL_SEEDS
 from mt_policy_ros import topics
 from mt_policy_ros.conversions import array_to_image
-from sim.evaluate import observation_config
+from sim.evaluate import observation_config, registry_spec
 from sim.pool import sigterm_as_interrupt
-from sim.tasks import TaskEnv, get_task
+from sim.tasks import TaskEnv
 
 NODE_NAME = "mt_policy_sim_bridge"
 SERVER_NODE = "mt_policy_server"  # the serve node's name (mt_policy_ros.serve_node.NODE_NAME)
@@ -123,13 +123,9 @@ class SimRobot:
         """Switch to `task`'s env (kept once built); the export must serve it, with the schema the env produces."""
         if task == self.task:
             return
-        index = self.exported.task_index(task)  # unknown names raise, listing the exported tasks
-        entry = self.exported.tasks[index]
-        spec = get_task(task)
-        schema = spec.schema(self.obs_config)
-        if schema.observation != entry.schema.observation or schema.action != entry.schema.action:
-            raise BridgeError(f"task {task}: the environment produces {schema.observation}, {schema.action}, but "
-                              f"the export expects {entry.schema.observation}, {entry.schema.action}")
+        entry = self.exported.tasks[self.exported.task_index(task)]  # unknown names raise, listing the exported tasks
+        spec = registry_spec(entry, self.obs_config, None)  # the env must produce what the export was trained on
+        schema = entry.schema
         if task not in self._envs:
             self._envs[task] = spec.make_env(self.obs_config)
         self.env = self._envs[task]
