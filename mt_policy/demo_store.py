@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -340,22 +340,29 @@ class DemoStore:
         for i in range(self.n_episodes):
             yield self.episode(i)
 
-    def nbytes_raw(self) -> int:
-        """Uncompressed size of the committed frames."""
-        return sum(self.n_frames * int(np.prod(shape)) * dtype.itemsize for shape, dtype in self.schema.frame_specs().values())
+    def nbytes_raw(self, schema: TaskSchema | None = None) -> int:
+        """Uncompressed size of the committed frames (of the keys `schema` names; default all)."""
+        specs = (schema or self.schema).frame_specs()
+        return sum(self.n_frames * int(np.prod(shape)) * dtype.itemsize for shape, dtype in specs.values())
 
     def nbytes_stored(self) -> int:
         """Bytes on disk, everything under the store directory."""
         return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
 
-    def load(self, max_bytes: int | None = None) -> LoadedDemos:
-        """Read the whole store into memory (every chunk checked); refuse if it would not fit."""
+    def load(self, max_bytes: int | None = None, cameras: Sequence[str] | None = None) -> LoadedDemos:
+        """Read the whole store into memory (every chunk checked); refuse if it would not fit.
+
+        `cameras` keeps only those cameras (in that order), and reads only their frames.
+        """
+        schema = self.schema if cameras is None else self.schema.with_cameras(cameras, where=str(self.path))
+        nbytes = self.nbytes_raw(schema)
         limit = max_bytes if max_bytes is not None else int(_available_memory() * 0.8)
-        if self.nbytes_raw() > limit:
-            raise StoreError(f"{self.path}: {self.nbytes_raw() / 2**30:.1f} GiB of frames do not fit in the "
+        if nbytes > limit:
+            raise StoreError(f"{self.path}: {nbytes / 2**30:.1f} GiB of frames do not fit in the "
                              f"{limit / 2**30:.1f} GiB allowed in memory; sample from disk instead")
-        arrays = {k: self._read(f"data/{k}", 0, self.n_frames) for k in self.schema.frame_specs()}
-        return LoadedDemos(self.schema, self.task, arrays, self.episode_ends, self.episode_table(), dict(self.stats))
+        arrays = {k: self._read(f"data/{k}", 0, self.n_frames) for k in schema.frame_specs()}
+        stats = {k: v for k, v in self.stats.items() if k in arrays}
+        return LoadedDemos(schema, self.task, arrays, self.episode_ends, self.episode_table(), stats)
 
     # ------------------------------------------------------------------ writing
     def _require_writable(self) -> None:

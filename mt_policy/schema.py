@@ -7,7 +7,8 @@ Sim, training, export and the ROS node all read array names, shapes, dtypes and 
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -113,6 +114,15 @@ class TaskSchema:
 
     def observation_keys(self) -> tuple[str, ...]:
         return tuple(k for k in self.frame_specs() if k != ACTION_KEY)
+
+    def with_cameras(self, names: Sequence[str], where: str = "schema") -> TaskSchema:
+        """This schema seeing only the named cameras, in that order (a run may train on a subset of what
+        was recorded); SchemaError naming `where` if one was not recorded."""
+        have = {c.name: c for c in self.observation.cameras}
+        missing = [n for n in names if n not in have]
+        if missing:
+            raise SchemaError(f"{where}: camera(s) {missing} not recorded; it has {list(have) or 'none'}")
+        return replace(self, observation=replace(self.observation, cameras=tuple(have[n] for n in names)))
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from mt_policy.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mt_policy.demo_store import DemoStore
-from mt_policy.errors import UnknownNameError
+from mt_policy.errors import SchemaError, UnknownNameError
 from mt_policy.model import ModelConfig, MultiTaskPolicy, TaskEntry
 from mt_policy.runner import ChunkRunner, torch_predictor
 from mt_policy.schema import ActionSchema, CameraSpec, ObservationSchema, TaskInfo, TaskSchema
@@ -326,3 +326,29 @@ def test_held_out_episodes_give_a_validation_loss_without_changing_training(stor
     for task, sampler in held.batcher.samplers.items():
         val_frames = set(held.batcher.val_samplers[task]._anchor.tolist())
         assert val_frames and not val_frames & set(sampler._anchor.tolist())
+
+
+# ---------------------------------------------------------------------------------------------- camera subset
+def test_a_run_can_train_on_a_subset_of_the_recorded_cameras(tmp_path):
+    two_cams = TaskSchema(ObservationSchema((CameraSpec("cam", 8, 8), CameraSpec("wrist", 12, 12)), 3),
+                          ActionSchema(4, (-1.0,) * 4, (1.0,) * 4), 10.0, 20)
+    root, rng = tmp_path / "data", np.random.default_rng(0)
+    for name in ("four", "two"):
+        store = DemoStore.create(root / f"{name}.zarr", two_cams, TaskInfo(name, f"do {name}", "toy/Env-v0"))
+        for i in range(3):
+            store.append_episode(make_episode(two_cams, 6, rng), seed=i, success=True, expert="toy")
+        store.close()
+
+    loaded = DemoStore.open(root / "four.zarr").load(cameras=["wrist"])
+    assert loaded.schema.observation.camera_names == ("wrist",)
+    assert set(loaded.arrays) == {"obs/wrist", "obs/proprio", "action"}  # the other camera is never read
+    assert set(loaded.stats) == set(loaded.arrays)
+
+    trainer = Trainer(run_config(root, **{"data.cameras": "[wrist]"}), tmp_path / "run")
+    assert trainer.model.observation.camera_names == ("wrist",)
+    model, _ = load_checkpoint(trainer.fit())
+    assert model.observation.camera_names == ("wrist",)
+    assert [c.shape for c in model.observation.cameras] == [(12, 12, 3)]
+
+    with pytest.raises(SchemaError, match=r"four\.zarr: camera\(s\) \['top'\] not recorded; it has \['cam', 'wrist'\]"):
+        Trainer(run_config(root, **{"data.cameras": "[top]"}), tmp_path / "bad")

@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 
 from mt_policy.checkpoint import WEIGHTS, load_checkpoint, load_extra, save_checkpoint
 from mt_policy.demo_store import DemoStore, LoadedDemos
-from mt_policy.errors import MtPolicyError, UnknownNameError
+from mt_policy.errors import MtPolicyError, SchemaError, UnknownNameError
 from mt_policy.model import MultiTaskPolicy, TaskEntry
 from mt_policy.policy_edit import extend_policy
 from mt_policy.progress import progress_bar
@@ -118,7 +118,12 @@ def plan(opts: AddTaskOptions) -> Plan:
     if store.n_episodes == 0:
         raise AddTaskError(f"{opts.demos}: the store is empty; collect demos first (mt-policy collect --tasks {opts.task})")
     _check_declared_schema(opts, store, model)
-    obs, want = store.schema.observation, model.observation
+    want = model.observation
+    try:  # the store may hold more cameras than the policy sees (a run can train on a subset)
+        schema = store.schema.with_cameras(want.camera_names, where=str(opts.demos))
+    except SchemaError as err:
+        raise AddTaskError(f"{err}; collect the new task's demos with the policy's cameras") from None
+    obs = schema.observation
     if obs.cameras != want.cameras or obs.render_quality != want.render_quality:
         raise AddTaskError(
             f"{opts.demos} observes {[(c.name, c.height, c.width) for c in obs.cameras]} ({obs.render_quality} "
@@ -129,7 +134,7 @@ def plan(opts: AddTaskOptions) -> Plan:
     if opts.init_from is not None and opts.init_from not in model.task_index:
         raise AddTaskError(f"--init-from {opts.init_from!r} is not a task of the checkpoint ({', '.join(model.task_index)})")
     config = _source_config(manifest)
-    result = Plan(model, manifest, TaskEntry(store.task, store.schema), store.load(), "none",
+    result = Plan(model, manifest, TaskEntry(store.task, schema), store.load(cameras=want.camera_names), "none",
                   steps=opts.steps or max(1, int(config.get("train", {}).get("steps", 2000)) // 5),
                   batch_size=opts.batch_size or int(config.get("train", {}).get("batch_size", 128)))
     tensors = load_extra(opts.checkpoint, REHEARSAL)  # read once: rehearsal draws from it, the result extends it
@@ -160,7 +165,8 @@ def _rehearsal_source(opts: AddTaskOptions, result: Plan) -> None:
     have_stores = all(Path(stores.get(t, "/nonexistent"), "zarr.json").is_file() for t in old)
     if opts.rehearsal_source in ("auto", "stores") and have_stores:
         result.old_source = "stores"
-        result.old_stores = {t: DemoStore.open(stores[t]).load() for t in old}
+        cameras = result.model.observation.camera_names
+        result.old_stores = {t: DemoStore.open(stores[t]).load(cameras=cameras) for t in old}
     elif opts.rehearsal_source in ("auto", "buffer") and result.buffer is not None:
         result.old_source = "buffer"
         missing = [t for t in old if t not in result.buffer.tasks]

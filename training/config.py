@@ -46,6 +46,8 @@ class DataConfig:
     """Global cap on episodes per task; when set it beats the per-task `max_episodes`."""
     val_fraction: float = 0.0
     """Episodes held out of training per task (for validation loss)."""
+    cameras: list[str] | None = None
+    """Train on these recorded cameras only, in this order (default: every camera the stores hold)."""
 
 
 @dataclass

@@ -42,7 +42,7 @@ REHEARSAL = "rehearsal"  # <checkpoint>/rehearsal.safetensors
 STATE_FILE = "trainer_state.json"
 
 
-def load_demos(tasks: list[ResolvedTask]) -> dict[str, LoadedDemos]:
+def load_demos(tasks: list[ResolvedTask], cameras: list[str] | None = None) -> dict[str, LoadedDemos]:
     demos = {}
     for task in tasks:
         store = DemoStore.open(task.store)
@@ -50,7 +50,7 @@ def load_demos(tasks: list[ResolvedTask]) -> dict[str, LoadedDemos]:
             raise MtPolicyError(f"{task.store}: holds task {store.task.name!r}, but the run config lists it as {task.name!r}")
         if store.n_episodes == 0:
             raise MtPolicyError(f"{task.store}: the store is empty; collect demos first (mt-policy collect)")
-        demos[task.name] = store.load()
+        demos[task.name] = store.load(cameras=cameras)
     return demos
 
 
@@ -122,7 +122,7 @@ class Trainer:
 
         suite_tasks = self._suite_tasks()
         self.tasks = resolve_tasks(cfg.data, suite_tasks)
-        self.demos = load_demos(self.tasks)
+        self.demos = load_demos(self.tasks, None if cfg.data.cameras is None else list(cfg.data.cameras))
         entries = [TaskEntry(d.task, d.schema) for d in self.demos.values()]
         model_cfg = ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True))
         self.model = MultiTaskPolicy(model_cfg, entries, norm_stats(self.demos))

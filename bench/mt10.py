@@ -1,0 +1,230 @@
+"""MT10 from pixels on this CPU: collect scripted demos, train one multitask policy, evaluate per task.
+
+Two configurations, trained on the same demo stores (recorded with both cameras once; a run keeps
+the cameras it names through `data.cameras`):
+
+- `lerobot`: LeRobot's Meta-World protocol: one `corner2` camera (LeRobot's pose, flipped) + 4-D
+  `agent_pos`, so the number compares with published LeRobot Meta-World results;
+- `best`: our best configuration within the CPU budget (see CONFIGS and bench/RESULTS.md).
+
+Evaluation uses the evaluation seed range (`mt_policy.seeds.EVAL_SEEDS`), disjoint by construction
+from the demo seed range; the run checks it against the seeds recorded in the stores and writes
+both into the JSON. Every phase resumes: re-running the same command skips finished collection,
+continues an interrupted training run from its last checkpoint and reuses a finished evaluation.
+
+    .venv/bin/python bench/mt10.py                          # both configurations, 50 demos, 50 episodes
+    .venv/bin/python bench/mt10.py --configs best --steps 500 --episodes 5   # a quick look
+
+Writes `bench/results/mt10.json` (per configuration and task: successes, episodes, Wilson 95% CI)
+and `bench/results/mt10.md` (the tables for bench/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_module
+
+import sim  # noqa: F401  (sets MUJOCO_GL before anything imports mujoco)
+from mt_policy.checkpoint import load_checkpoint, read_manifest
+from mt_policy.demo_store import DemoStore
+from mt_policy.seeds import DEMO_SEEDS, EVAL_SEEDS, check_disjoint
+from sim.collect import collect
+from sim.eval_report import wilson_interval
+from sim.evaluate import EVAL_JSON, evaluate
+from sim.suites import get_suite
+from sim.tasks import ObservationConfig
+from training.config import register_configs
+from training.trainer import LAST, Trainer
+
+RESULTS = Path(__file__).resolve().parent / "results"
+RECORDED_CAMERAS = ("corner2", "topview")
+IMAGE_SIZE = 96
+
+# name -> (what it is, cameras, Hydra overrides on top of the common ones)
+CONFIGS: dict[str, tuple[str, tuple[str, ...], list[str]]] = {
+    "lerobot": ("LeRobot protocol: corner2 + agent_pos", ("corner2",), []),
+    "best": ("corner2 + topview + agent_pos", ("corner2", "topview"), []),
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, from {list(CONFIGS)}")
+    p.add_argument("--demos", type=int, default=50, help="scripted demos per task")
+    p.add_argument("--episodes", type=int, default=50, help="evaluation episodes per task")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: per configuration, see --budget)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--n-action-steps", type=int, default=4, help="actions executed per predicted chunk in eval")
+    p.add_argument("--workers", type=int, default=2, help="collection and evaluation processes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work", type=Path, default=Path("runs/bench_mt10"))
+    p.add_argument("--out", type=Path, default=RESULTS / "mt10.json")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra Hydra override for every configuration (repeatable)")
+    return p.parse_args(argv)
+
+
+# Training steps per configuration at batch 64, sized so training + evaluation stay within 90 minutes
+# on a 2-core CPU (measured rates: bench/RESULTS.md).
+DEFAULT_STEPS = {"lerobot": 24_000, "best": 24_000}
+
+
+def overrides(name: str, args: argparse.Namespace, data: Path) -> list[str]:
+    _, cameras, extra = CONFIGS[name]
+    steps = args.steps or DEFAULT_STEPS[name]
+    return [f"data.root={data}", "data.suite=mt10", f"data.cameras=[{','.join(cameras)}]",
+            f"train.steps={steps}", f"train.batch_size={args.batch_size}", f"train.seed={args.seed}",
+            "train.progress=false", "train.log_every=200", f"train.checkpoint_every={max(1, steps // 20)}",
+            "train.conflict_every=0", "model.task_embedding_scale=1.0", *extra, *args.set]
+
+
+def train(name: str, args: argparse.Namespace, data: Path) -> tuple[Path, dict[str, Any]]:
+    """Train (or resume, or reuse) one configuration; return its checkpoint and training figures."""
+    run_dir = args.work / name
+    last = run_dir / "checkpoints" / LAST
+    with initialize_config_module(config_module="training.conf", version_base="1.3"):
+        cfg = compose("train", overrides=overrides(name, args, data))
+    if last.exists() and read_manifest(last)["provenance"]["step"] >= cfg.train.steps:
+        print(f"[{name}] training finished earlier: {last}", flush=True)
+        prov = read_manifest(last)["provenance"]
+        return last, {"train_seconds": prov["train_seconds"], "peak_rss_gib": None, "resumed": True}
+    trainer = Trainer(cfg, run_dir)
+    resume = last if last.exists() else None
+    print(f"[{name}] training {cfg.train.steps} steps of {cfg.train.batch_size}"
+          + (f", resuming at step {read_manifest(last)['provenance']['step']}" if resume else ""), flush=True)
+    checkpoint = trainer.fit(resume)
+    return checkpoint, {"train_seconds": trainer.train_seconds,
+                        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                        "resumed": resume is not None}
+
+
+def run_config(name: str, args: argparse.Namespace, data: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    checkpoint, figures = train(name, args, data)
+    train_wall = time.perf_counter() - started
+    manifest = read_manifest(checkpoint)
+    prov = manifest["provenance"]
+    eval_dir = args.work / name / "eval"
+    previous = eval_dir / EVAL_JSON
+    eval_start = time.perf_counter()
+    if previous.exists() and json.loads(previous.read_text()).get("episodes_per_task") == args.episodes \
+            and json.loads(previous.read_text()).get("checkpoint") == str(checkpoint.resolve()):
+        print(f"[{name}] evaluation finished earlier: {previous}", flush=True)
+        report = json.loads(previous.read_text())
+    else:
+        print(f"[{name}] evaluating {args.episodes} episodes per task", flush=True)
+        report = evaluate(checkpoint, eval_dir, episodes=args.episodes, workers=args.workers, videos=1,
+                          n_action_steps=args.n_action_steps, progress=False)
+    eval_seconds = report.get("wall_seconds") or (time.perf_counter() - eval_start)
+    steps, batch = prov["config"]["train"]["steps"], prov["config"]["train"]["batch_size"]
+    tasks = {}
+    for task, row in report["tasks"].items():
+        lo, hi = wilson_interval(row["successes"], row["episodes"])
+        tasks[task] = {"successes": row["successes"], "episodes": row["episodes"],
+                       "success_rate": row["success_rate"], "ci95": [lo, hi]}
+    wins = sum(r["successes"] for r in tasks.values())
+    n = sum(r["episodes"] for r in tasks.values())
+    return {
+        "config": name, "description": CONFIGS[name][0], "cameras": list(CONFIGS[name][1]),
+        "image_size": IMAGE_SIZE, "overrides": overrides(name, args, data), "checkpoint": str(checkpoint),
+        "parameters": sum(p.numel() for p in load_checkpoint(checkpoint)[0].parameters()),
+        "steps": steps, "batch_size": batch, "train_samples": steps * batch,
+        "train_seconds": figures["train_seconds"],
+        "train_samples_per_s": steps * batch / figures["train_seconds"] if figures["train_seconds"] else None,
+        "train_wall_seconds": train_wall if not figures["resumed"] else None,
+        "eval_seconds": eval_seconds,
+        "train_plus_eval_minutes": (figures["train_seconds"] + eval_seconds) / 60,
+        "peak_rss_gib_training": figures["peak_rss_gib"],
+        "peak_rss_gib_eval_workers": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20,
+        "n_action_steps": args.n_action_steps,
+        "tasks": tasks, "mean_success": report["mean_success"],
+        "pooled_ci95": list(wilson_interval(wins, n)),
+        "eval_seeds": report["eval_seeds"],
+    }
+
+
+def check_seeds(data: Path, tasks: list[str], episodes: int) -> dict[str, Any]:
+    """The demo seeds in the stores vs the evaluation seeds: disjoint, or this raises."""
+    demo = {t: DemoStore.open(data / f"{t}.zarr").episode_table()["seed"].tolist() for t in tasks}
+    eval_seeds = [EVAL_SEEDS.seed(i) for i in range(episodes)]
+    for seeds in demo.values():
+        check_disjoint(seeds, eval_seeds)
+    all_demo = [s for seeds in demo.values() for s in seeds]
+    return {"demo_seed_range": [DEMO_SEEDS.start, DEMO_SEEDS.stop], "eval_seed_range": [EVAL_SEEDS.start, EVAL_SEEDS.stop],
+            "demo_seeds_used": [min(all_demo), max(all_demo)], "eval_seeds_used": [eval_seeds[0], eval_seeds[-1]],
+            "overlap": 0}
+
+
+def markdown(runs: list[dict[str, Any]], seeds: dict[str, Any], command: str) -> str:
+    tasks = list(runs[0]["tasks"])
+    lines = [f"Command: `{command}`", "",
+             "| configuration | mean success | 95% CI (pooled) | params | train samples | samples/s | "
+             "train min | eval min | train+eval min | peak RSS train (GiB) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in runs:
+        lo, hi = r["pooled_ci95"]
+        rss = r["peak_rss_gib_training"]
+        lines.append(f"| {r['config']}: {r['description']} | {r['mean_success']:.1%} | {lo:.1%}–{hi:.1%} | "
+                     f"{r['parameters'] or '-'} | {r['train_samples']:,} | {r['train_samples_per_s'] or 0:.0f} | "
+                     f"{r['train_seconds'] / 60:.1f} | {r['eval_seconds'] / 60:.1f} | {r['train_plus_eval_minutes']:.1f} | "
+                     f"{'-' if rss is None else format(rss, '.1f')} |")
+    lines += ["", "| configuration | " + " | ".join(t.removesuffix("-v3") for t in tasks) + " |",
+              "|---|" + "---:|" * len(tasks)]
+    for r in runs:
+        lines.append(f"| {r['config']} | " + " | ".join(
+            f"{r['tasks'][t]['successes']}/{r['tasks'][t]['episodes']}" for t in tasks) + " |")
+    lines += ["", f"Demo seeds {seeds['demo_seeds_used'][0]}–{seeds['demo_seeds_used'][1]} (range "
+              f"[{seeds['demo_seed_range'][0]}, {seeds['demo_seed_range'][1]})), evaluation seeds "
+              f"{seeds['eval_seeds_used'][0]}–{seeds['eval_seeds_used'][1]} (range [{seeds['eval_seed_range'][0]}, "
+              f"{seeds['eval_seed_range'][1]})): no overlap, checked against every store."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    names = args.configs.split(",")
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        print(f"unknown configuration(s) {unknown}; known: {list(CONFIGS)}", file=sys.stderr)
+        return 2
+    register_configs()
+    data = args.work / "demos"
+    suite = get_suite("mt10")
+    print(f"collecting {args.demos} demos/task of mt10 ({'+'.join(RECORDED_CAMERAS)}, {IMAGE_SIZE} px) -> {data}",
+          flush=True)
+    started = time.perf_counter()
+    collect(suite, args.demos, data, ObservationConfig(cameras=RECORDED_CAMERAS,
+                                                                image_size=(IMAGE_SIZE, IMAGE_SIZE)),
+                     workers=args.workers, progress=False)  # resumes: a second invocation reuses the stores
+    collect_seconds = time.perf_counter() - started
+    seeds = check_seeds(data, [t.name for t in suite], args.episodes)
+    runs = []
+    for name in names:
+        runs.append(run_config(name, args, data))
+        r = runs[-1]
+        print(f"[{name}] mean success {r['mean_success']:.1%}, {r['train_samples_per_s'] or 0:.0f} samples/s, "
+              f"train+eval {r['train_plus_eval_minutes']:.1f} min", flush=True)
+    command = "python bench/mt10.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    md = markdown(runs, seeds, command.strip())
+    print("\n" + md)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(args.out.read_text()) if args.out.exists() else {}
+    merged = {r["config"]: r for r in previous.get("runs", [])} | {r["config"]: r for r in runs}
+    args.out.write_text(json.dumps({"command": command.strip(), "demos_per_task": args.demos,
+                                    "collect_seconds": collect_seconds,
+                                    "seeds": seeds, "runs": list(merged.values())}, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(list(merged.values()), seeds, command.strip()))
+    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
