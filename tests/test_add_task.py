@@ -177,11 +177,12 @@ def test_trim_keeps_exactly_the_listed_tasks_outputs(source, stores, tmp_path, c
         trim_policy(full, ["push-v3"])
 
 
-def _fake_store(path: Path, name: str, action_size: int, cameras=(), episodes: int = 1) -> Path:
+def _fake_store(path: Path, name: str, action_size: int, cameras=(), episodes: int = 1,
+                proprio_source: str = "agent_pos") -> Path:
     from mt_policy.schema import ActionSchema, CameraSpec, ObservationSchema, TaskSchema
 
     spec = get_task(name)
-    schema = TaskSchema(ObservationSchema(tuple(CameraSpec(c, 32, 32) for c in cameras), 4),
+    schema = TaskSchema(ObservationSchema(tuple(CameraSpec(c, 32, 32) for c in cameras), 4, proprio_source),
                         ActionSchema(action_size, (-1.0,) * action_size, (1.0,) * action_size), 80.0, 500)
     store = DemoStore.create(path, schema, spec.info())
     rng = np.random.default_rng(0)
@@ -194,7 +195,7 @@ def _fake_store(path: Path, name: str, action_size: int, cameras=(), episodes: i
 @pytest.mark.parametrize(("case", "message"), [
     ("present", "task 'drawer-close-v3' is already in"),
     ("action_size", "actions are 3-D, but task drawer-open-v3 declares 4-D actions"),
-    ("cameras", "observes \\[\\('corner2', 32, 32\\)\\].*but the policy sees \\[\\]"),
+    ("proprio", "records proprio as full_state, the policy reads agent_pos"),
     ("empty", "the store is empty; collect demos first"),
     ("ratio_high", "--rehearsal-ratio 1.0 is outside \\[0, 1\\)"),
     ("ratio_negative", "--rehearsal-ratio -0.1 is outside \\[0, 1\\)"),
@@ -206,8 +207,8 @@ def test_bad_inputs_are_refused_before_training(source, stores, tmp_path, case, 
         opts = replace(opts, task="drawer-close-v3", demos=stores["drawer-close-v3"])
     elif case == "action_size":
         opts = replace(opts, demos=_fake_store(tmp_path / "bad.zarr", "drawer-open-v3", 3))
-    elif case == "cameras":
-        opts = replace(opts, demos=_fake_store(tmp_path / "cam.zarr", "drawer-open-v3", 4, cameras=("corner2",)))
+    elif case == "proprio":
+        opts = replace(opts, demos=_fake_store(tmp_path / "p.zarr", "drawer-open-v3", 4, proprio_source="full_state"))
     elif case == "empty":
         opts = replace(opts, demos=_fake_store(tmp_path / "empty.zarr", "drawer-open-v3", 4, episodes=0))
     elif case == "ratio_high":
@@ -219,6 +220,13 @@ def test_bad_inputs_are_refused_before_training(source, stores, tmp_path, case, 
     with pytest.raises(AddTaskError, match=message):
         add_task(opts, log=lambda _: None)
     assert not (tmp_path / "grown").exists() and not (tmp_path / "grown.partial").exists()
+
+
+def test_a_store_with_more_cameras_than_the_policy_is_read_through_the_policys_cameras(source, stores, tmp_path):
+    extra = _fake_store(tmp_path / "cam.zarr", "drawer-open-v3", 4, cameras=("corner2",), episodes=2)
+    planned = plan(replace(_opts(source, stores, tmp_path), demos=extra))
+    assert planned.entry.schema.observation.camera_names == ()  # the state-only policy sees no camera
+    assert set(planned.new_demos.arrays) == {"obs/proprio", "action"}  # and the camera's frames are never read
 
 
 def test_interrupted_add_task_leaves_the_source_untouched_and_resumes(source, stores, tmp_path):
