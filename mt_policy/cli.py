@@ -52,6 +52,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-grid", type=Path, metavar="PNG", help="write a grid of frames from a few episodes")
     p.add_argument("--json", action="store_true", help="print summaries as JSON")
 
+    p = sub.add_parser("import-lerobot", help="convert a local LeRobotDataset v3.0 into one demo store per task")
+    p.add_argument("path", type=Path, help="the dataset's root directory (holding meta/info.json)")
+    p.add_argument("--out", type=Path, required=True, help="directory for the stores, one <task>.zarr per task")
+    p.add_argument("--map", action="append", default=[], metavar="LEROBOT_KEY=STORE_KEY",
+                   help="map a LeRobot feature to a store key (obs/<camera>, obs/proprio, action); 'KEY=' leaves a "
+                        "feature out; repeatable (default observation.images.<cam>=obs/<cam>, "
+                        "observation.state=obs/proprio, action=action)")
+    p.add_argument("--task-name", action="append", default=[], metavar="INDEX=NAME",
+                   help="name the task with this task_index (default: the registered task its description names, "
+                        "else a slug of the description); repeatable")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("export-lerobot", help="write demo stores as one LeRobotDataset v3.0 (one task per store)")
+    p.add_argument("stores", nargs="+", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="the dataset's root directory (must not exist)")
+    p.add_argument("--repo-id", help="the dataset's repo id (default local/<out directory name>)")
+    p.add_argument("--map", action="append", default=[], metavar="LEROBOT_KEY=STORE_KEY",
+                   help="LeRobot feature name for a store key; repeatable (default as for import-lerobot)")
+    p.add_argument("--images", choices=("video", "image"), default="video",
+                   help="video: LeRobot's default, lossy (4:2:0 chroma); image: PNG frames, lossless (default video)")
+    p.add_argument("--vcodec", choices=("libsvtav1", "h264", "hevc"), default="libsvtav1",
+                   help="video codec (default libsvtav1, LeRobot's; it needs images of at least 32x32)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     p = sub.add_parser("list", help="list registered tasks or suites")
     p.add_argument("what", choices=("tasks", "suites"))
     p.add_argument("--suite-file", type=Path, help="YAML file defining more suites")
@@ -157,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         return {"collect": cmd_collect, "inspect": cmd_inspect, "list": cmd_list, "demo": cmd_demo,
                 "eval": cmd_eval, "train": cmd_train, "export": cmd_export,
                 "bench-runtime": cmd_bench_runtime, "add-task": cmd_add_task, "trim": cmd_trim,
-                "sim-bridge": cmd_sim_bridge}[args.command](args)
+                "sim-bridge": cmd_sim_bridge, "import-lerobot": cmd_import_lerobot,
+                "export-lerobot": cmd_export_lerobot}[args.command](args)
     except MtPolicyError as err:
         print(f"mt-policy {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -404,6 +429,66 @@ def format_export(manifest: dict) -> str:
         lines.append(f"TensorRT {engine['tensorrt']} engine {engine['file']} ({'fp16' if engine['fp16'] else 'fp32'}): "
                      f"max abs action error {engine['parity']['max_abs_error']:.2e}")
     return "\n".join(lines)
+
+
+def _registered_task(text: str):
+    """The registered task a LeRobot task description (ours, LeRobot's Meta-World one, or a name) denotes, or None."""
+    from mt_policy.lerobot_io import KnownTask, lerobot_metaworld_descriptions
+    from sim.tasks import ObservationConfig, get_task, task_names
+
+    names = task_names()
+    by_text = {d.strip().lower(): n for n, d in lerobot_metaworld_descriptions().items() if n in names}
+    by_text |= {get_task(n).description.strip().lower(): n for n in names} | {n.lower(): n for n in names}
+    name = by_text.get(text.strip().lower())
+    if name is None:
+        return None
+    spec, sources, schema = get_task(name), {}, None
+    for proprio in ("full_state", "agent_pos"):  # agent_pos wins where both have the same size
+        try:
+            schema = spec.schema(ObservationConfig((), proprio=proprio))
+        except MtPolicyError:
+            continue
+        sources[schema.observation.proprio_size] = proprio
+    return None if schema is None else KnownTask(spec.info(), schema.action, schema.max_episode_steps, sources)
+
+
+def cmd_import_lerobot(args: argparse.Namespace) -> int:
+    from mt_policy.lerobot_io import import_lerobot
+
+    names = {}
+    for item in args.task_name:
+        index, sep, name = item.partition("=")
+        if not sep or not index.strip().isdigit() or not name.strip():
+            raise MtPolicyError(f"--task-name {item!r}: expected INDEX=NAME, e.g. 0=pick-place-v3")
+        names[int(index)] = name.strip()
+    try:
+        report = import_lerobot(args.path, args.out, overrides=args.map, task_names=names, identify=_registered_task,
+                                progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print("interrupted: the stores hold every finished episode; run the same command again to resume", file=sys.stderr)
+        return 130
+    print(f"\n{'task_index':>10s}  {'task':32s} {'new':>5s} {'had':>5s}  store")
+    for t in report.tasks:
+        print(f"{t.task_index:10d}  {t.info.name:32s} {t.imported:5d} {t.skipped:5d}  {t.store}")
+    print(f"{report.frames} new frames at {report.fps} fps; key map: {report.key_map.as_text()}")
+    if report.ignored_features:
+        print(f"not imported: {', '.join(report.ignored_features)}")
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def cmd_export_lerobot(args: argparse.Namespace) -> int:
+    from mt_policy.lerobot_io import export_lerobot
+
+    report = export_lerobot(args.stores, args.out, repo_id=args.repo_id, overrides=args.map, images=args.images,
+                            vcodec=args.vcodec, progress=not args.no_progress)
+    images = f"video ({report.vcodec})" if report.images == "video" else "PNG images"
+    print(f"wrote {report.root} (repo id {report.repo_id}): {report.episodes} episodes, {report.frames} frames at "
+          f"{report.fps} fps, {images}; key map: {report.key_map.as_text()}")
+    for index, description in report.tasks.items():
+        print(f"  task_index {index}: {description}")
+    return 0
 
 
 def cmd_add_task(args: argparse.Namespace) -> int:
