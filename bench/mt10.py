@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 
 import sim  # noqa: F401  (sets MUJOCO_GL before anything imports mujoco)
 from mt_policy.checkpoint import load_checkpoint, read_manifest
@@ -92,10 +93,14 @@ def train(name: str, args: argparse.Namespace, data: Path) -> tuple[Path, dict[s
     last = run_dir / "checkpoints" / LAST
     with initialize_config_module(config_module="training.conf", version_base="1.3"):
         cfg = compose("train", overrides=overrides(name, args, data))
-    if last.exists() and read_manifest(last)["provenance"]["step"] >= cfg.train.steps:
-        print(f"[{name}] training finished earlier: {last}", flush=True)
+    if last.exists():
         prov = read_manifest(last)["provenance"]
-        return last, {"train_seconds": prov["train_seconds"], "peak_rss_gib": None, "resumed": True}
+        wanted = OmegaConf.to_container(cfg, resolve=True)
+        if _comparable(prov["config"]) != _comparable(wanted):
+            raise SystemExit(f"{run_dir}: holds a run of another configuration; delete it or pass another --work")
+        if prov["step"] >= cfg.train.steps:
+            print(f"[{name}] training finished earlier: {last}", flush=True)
+            return last, {"train_seconds": prov["train_seconds"], "peak_rss_gib": None, "resumed": True}
     trainer = Trainer(cfg, run_dir)
     resume = last if last.exists() else None
     print(f"[{name}] training {cfg.train.steps} steps of {cfg.train.batch_size}"
@@ -104,6 +109,11 @@ def train(name: str, args: argparse.Namespace, data: Path) -> tuple[Path, dict[s
     return checkpoint, {"train_seconds": trainer.train_seconds,
                         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
                         "resumed": resume is not None}
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """A run config without the keys that may differ between a run and its resumption."""
+    return {k: ({kk: vv for kk, vv in v.items() if kk != "resume"} if k == "train" else v) for k, v in config.items()}
 
 
 def run_config(name: str, args: argparse.Namespace, data: Path) -> dict[str, Any]:
@@ -115,8 +125,10 @@ def run_config(name: str, args: argparse.Namespace, data: Path) -> dict[str, Any
     eval_dir = args.work / name / "eval"
     previous = eval_dir / EVAL_JSON
     eval_start = time.perf_counter()
-    if previous.exists() and json.loads(previous.read_text()).get("episodes_per_task") == args.episodes \
-            and json.loads(previous.read_text()).get("checkpoint") == str(checkpoint.resolve()):
+    done = json.loads(previous.read_text()) if previous.exists() else {}
+    if done.get("episodes_per_task") == args.episodes and done.get("n_action_steps") == args.n_action_steps \
+            and done.get("checkpoint") == str(checkpoint.resolve()) \
+            and previous.stat().st_mtime > (checkpoint / "policy.json").stat().st_mtime:  # not an older model's
         print(f"[{name}] evaluation finished earlier: {previous}", flush=True)
         report = json.loads(previous.read_text())
     else:

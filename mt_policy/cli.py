@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="checkpoint directory (PyTorch)")
     source.add_argument("--onnx", type=Path, metavar="DIR", help="export directory from `mt-policy export` (PolicyRuntime)")
+    source.add_argument("--lerobot", type=Path, metavar="DIR",
+                        help="LeRobot policy directory written by bench/peers.py (select_action, one action per step)")
     p.add_argument("--provider", default="cpu", choices=PROVIDER_CHOICES,
                    help="runtime provider for --onnx (default cpu: one thread per worker)")
     p.add_argument("--tasks", help="comma-separated subset of the checkpoint's tasks (default all)")
@@ -375,10 +377,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from sim.evaluate import EVAL_JSON, EVAL_MD, EVAL_PNG, VIDEO_DIR, evaluate
 
     # Beside, not inside, the policy: re-saving a checkpoint (or export) replaces its whole directory.
-    policy = args.onnx or args.checkpoint
+    policy = args.onnx or args.checkpoint or args.lerobot
     out = args.out or policy.with_name(f"{policy.name}-eval{'-ros' if args.over_ros else ''}")
     if args.over_ros and not args.onnx:
-        raise MtPolicyError("--over-ros serves an export through the ROS node: pass --onnx DIR, not --checkpoint")
+        raise MtPolicyError("--over-ros serves an export through the ROS node: pass --onnx DIR, not "
+                            f"--{'lerobot' if args.lerobot else 'checkpoint'}")
     try:
         if args.over_ros:
             report = _import_ros("eval_over_ros").evaluate_over_ros(
@@ -386,7 +389,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 max_steps=args.max_steps, provider=args.provider, temporal_ensemble=args.temporal_ensemble,
                 progress=not args.no_progress, suite_file=args.suite_file)
         else:
-            report = evaluate(policy, out, onnx_provider=args.provider if args.onnx else None, tasks=args.tasks,
+            report = evaluate(policy, out, onnx_provider=args.provider if args.onnx else None,
+                              kind="lerobot" if args.lerobot else None, tasks=args.tasks,
                               episodes=args.episodes, workers=args.workers, videos=args.videos,
                               n_action_steps=args.n_action_steps, temporal_ensemble=args.temporal_ensemble,
                               progress=not args.no_progress, suite_file=args.suite_file, max_steps=args.max_steps)

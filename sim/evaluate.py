@@ -1,7 +1,9 @@
 """Per-task success rates of a policy in sim: parallel policy rollouts on the evaluation seeds.
 
-The policy is a PyTorch checkpoint or an ONNX export (`mt-policy export`), run through
-`deploy.runtime.PolicyRuntime` (imported lazily, only for exports). The observation config comes
+The policy is a PyTorch checkpoint, an ONNX export (`mt-policy export`) run through
+`deploy.runtime.PolicyRuntime`, or a LeRobot policy directory written by `bench/peers.py` (`LeRobotPeer`:
+LeRobot's own policy class and processors, one `select_action` per step); the runtime and LeRobot are
+imported lazily, only for their kinds. The observation config comes
 from the policy's schema, never from options, so the policy sees what it was trained on. Episode i of every task runs on `EVAL_SEEDS.seed(i)`; when the checkpoint
 records its demo seeds, any overlap is refused. Worker processes load the checkpoint once, keep one
 env per task and drive the model through `ChunkRunner`, the wrapper the ROS node uses as well. The
@@ -43,6 +45,8 @@ from sim.tasks import ObservationConfig, TaskEnv, TaskSpec, get_task
 __all__ = ["EvalError", "evaluate", "observation_config", "run_episode", "wilson_interval"]
 
 EVAL_JSON, EVAL_MD, EVAL_PNG, VIDEO_DIR = "eval.json", "eval.md", "eval.png", "videos"
+POLICY_KINDS = ("checkpoint", "onnx", "lerobot")
+_KIND_NAMES = {"checkpoint": "checkpoint", "onnx": "export", "lerobot": "LeRobot policy"}
 
 
 class EvalError(MtPolicyError):
@@ -51,7 +55,8 @@ class EvalError(MtPolicyError):
 
 @dataclass(frozen=True)
 class PolicySource:
-    """Where a worker loads the policy from: a checkpoint (PyTorch) or an export (PolicyRuntime on `provider`)."""
+    """Where a worker loads the policy from: a checkpoint (PyTorch), an export (PolicyRuntime on `provider`)
+    or a LeRobot policy directory (`kind="lerobot"`)."""
 
     path: str
     kind: str = "checkpoint"
@@ -117,8 +122,14 @@ _POLICIES: dict[PolicySource, Any] = {}
 _ENVS: dict[tuple[str, ObservationConfig], TaskEnv] = {}
 
 
-def _predictor(source: PolicySource, task: str) -> tuple[Callable[[dict[str, np.ndarray]], np.ndarray], int]:
-    """The worker's (cached) policy as a predictor for `task`, and its action chunk length."""
+def _stateless() -> None:
+    """Our policies keep nothing between calls (the ChunkRunner, new every episode, holds the queue)."""
+
+
+def _predictor(source: PolicySource, task: str) -> tuple[Callable[[dict[str, np.ndarray]], np.ndarray], int,
+                                                         Callable[[], None]]:
+    """The worker's (cached) policy as a predictor for `task`, its action chunk length, and what to call at
+    every episode start."""
     policy = _POLICIES.get(source)
     if source.kind == "onnx":
         if policy is None:
@@ -126,21 +137,30 @@ def _predictor(source: PolicySource, task: str) -> tuple[Callable[[dict[str, np.
 
             policy = _POLICIES[source] = PolicyRuntime(source.path, provider=source.provider, threads=1)
         policy.set_task(task)
-        return policy.predict, policy.policy.action_chunk
+        return policy.predict, policy.policy.action_chunk, _stateless
     if policy is None:
         import torch
 
         torch.set_num_threads(1)  # workers are the unit of parallelism
-        policy = _POLICIES[source] = load_checkpoint(source.path)[0]
-    return torch_predictor(policy, task), policy.config.action_chunk
+        if source.kind == "lerobot":
+            from sim.lerobot_peer import LeRobotPeer
+
+            loaded = LeRobotPeer(source.path)
+        else:
+            loaded = load_checkpoint(source.path)[0]
+        policy = _POLICIES[source] = loaded
+    if source.kind == "lerobot":
+        return policy.predict, 1, policy.reset  # task-agnostic: LeRobot's ACT/Diffusion take no task input
+    return torch_predictor(policy, task), policy.config.action_chunk, _stateless
 
 
 def _worker_episode(job: EpisodeJob) -> EpisodeResult:
     start = time.perf_counter()
-    predict, chunk = _predictor(job.policy, job.spec.name)
+    predict, chunk, reset = _predictor(job.policy, job.spec.name)
     env = _ENVS.get((job.spec.name, job.obs_config))
     if env is None:
         env = _ENVS[(job.spec.name, job.obs_config)] = job.spec.make_env(job.obs_config)
+    reset()
     runner = ChunkRunner(predict, chunk, job.n_action_steps, job.temporal_ensemble)
     success, steps, frames = run_episode(env, runner.act, job.seed, job.max_steps, job.record_camera,
                                          job.frame_stride)
@@ -159,6 +179,12 @@ class _PolicyInfo:
 
 
 def _policy_info(source: PolicySource) -> _PolicyInfo:
+    if source.kind == "lerobot":
+        from sim.lerobot_peer import peer_tasks, read_peer_manifest
+
+        manifest = read_peer_manifest(source.path)
+        tasks = peer_tasks(source.path, manifest)
+        return _PolicyInfo(tasks, tasks[0].schema.observation, 1, manifest.get("provenance") or {})
     if source.kind == "onnx":
         from deploy.manifest import read_export
 
@@ -178,7 +204,7 @@ def _select_tasks(info: _PolicyInfo, tasks: str | list[str] | None, kind: str) -
     by_name = {t.name: t for t in info.tasks}
     for name in names:
         if name not in by_name:
-            raise unknown_name(f"{'exported' if kind == 'onnx' else 'checkpoint'} task", name, list(by_name))
+            raise unknown_name(f"{'exported' if kind == 'onnx' else _KIND_NAMES[kind]} task", name, list(by_name))
     return [by_name[n] for n in names]
 
 
@@ -255,7 +281,7 @@ def plan_evaluation(source: PolicySource, tasks: str | list[str] | None, episode
     """Every check an evaluation makes before the first rollout (shared by sim eval and eval over ROS)."""
     info = _policy_info(source)
     chunk = info.action_chunk
-    what = "export" if source.kind == "onnx" else "checkpoint"
+    what = _KIND_NAMES[source.kind]
     if n_action_steps is not None and not 1 <= n_action_steps <= chunk:
         raise EvalError(f"n_action_steps must be in [1, {chunk}] (the {what}'s action chunk), got {n_action_steps}")
     if temporal_ensemble is not None and temporal_ensemble < 0:
@@ -286,18 +312,25 @@ def evaluate(
     suite_file: str | Path | None = None,
     max_steps: int | None = None,
     onnx_provider: str | None = None,
+    kind: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate every task of `checkpoint` (or the `tasks` subset) on `episodes` eval seeds; return eval.json.
 
-    With `onnx_provider`, `checkpoint` is an export directory run by `PolicyRuntime` on that provider.
+    `kind` says what `checkpoint` is (`POLICY_KINDS`); by default a checkpoint, or with `onnx_provider` an
+    export directory run by `PolicyRuntime` on that provider. `kind="lerobot"`: a LeRobot policy directory
+    (`LeRobotPeer`), one action per call, reset at every episode start.
     `max_steps` caps episodes below each task's limit (smoke tests only: rates are then not comparable).
     """
     start = time.perf_counter()
     if episodes < 1 or workers < 1 or videos < 0 or (max_steps is not None and max_steps < 1):
         raise EvalError(f"need episodes >= 1, workers >= 1, videos >= 0, max_steps >= 1; got {episodes}, "
                         f"{workers}, {videos}, {max_steps}")
+    kind = kind or ("onnx" if onnx_provider else "checkpoint")
+    if kind not in POLICY_KINDS or (onnx_provider and kind != "onnx"):
+        raise EvalError(f"kind must be one of {POLICY_KINDS} (onnx_provider only with 'onnx'); got {kind!r}, "
+                        f"onnx_provider {onnx_provider!r}")
     checkpoint = Path(checkpoint).resolve()
-    source = PolicySource(str(checkpoint), "onnx" if onnx_provider else "checkpoint", onnx_provider or "cpu")
+    source = PolicySource(str(checkpoint), kind, onnx_provider or "cpu")
     plan = plan_evaluation(source, tasks, episodes, n_action_steps, temporal_ensemble, suite_file, max_steps)
     info, entries, obs_config, specs, seeds, limits = (plan.info, plan.entries, plan.obs_config, plan.specs,
                                                        plan.seeds, plan.limits)

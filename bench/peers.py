@@ -1,0 +1,662 @@
+"""LeRobot's ACT and Diffusion Policy against our policy on MT10: same demos, same number of training samples,
+same evaluator, evaluation seeds and episode count, all from one run on one machine.
+
+- Peers are LeRobot's own policy classes and configs (`make_policy_config`, `get_policy_class`), its
+  optimizer and scheduler presets, gradient clipping and normalisation (`make_pre_post_processors` with
+  our stores' statistics merged over the tasks). No pretrained backbone: nothing can be downloaded.
+  One model serves all tasks (ACT and Diffusion take no task input; the image tells the task), as
+  LeRobot trains them on a multitask dataset; `--per-task` adds one model per task (sharing the
+  same sample budget). CPU-sized settings: `PEER_SETTINGS`; the JSON lists every field that differs
+  from LeRobot's default, with the default and why, and the parameter count at LeRobot's defaults.
+- Peers read our demo stores directly: `PeerWindows` gathers LeRobotDataset's training windows
+  (observation and action delta indices, `action_is_pad`, Diffusion's `drop_n_last_frames`) from
+  memory, shuffled over all frames as LeRobot's DataLoader does; no video is written or decoded.
+- Our policy: `training.trainer.Trainer` with bench/mt10.py's `lerobot` configuration (corner2 +
+  agent_pos, 96 px), trained on the same number of samples.
+- Latency, batch 1, one thread, on the same random observation: LeRobot's `select_action` through the
+  predictor the evaluator runs (preprocessor -> select_action -> postprocessor), with `reset()` before
+  every timed call so that every call runs the network (otherwise most calls pop a queued action);
+  our PyTorch wrapper (`torch_predictor`) and our ONNX runtime (`PolicyRuntime`) via `bench_runtime`.
+  Every timed call is one network call producing one chunk; `n_action_steps` says how many control
+  steps it serves.
+
+    .venv/bin/python bench/peers.py                                  # collects into runs/bench_peers/demos
+    .venv/bin/python bench/peers.py --data runs/bench_mt10/demos     # reuse bench/mt10.py's stores
+    .venv/bin/python bench/peers.py --samples 640 --demos 3 --episodes 1 --max-steps 20 --work runs/peers_smoke
+
+Phases resume: collection appends; a model already trained with the same settings is reused; a
+finished evaluation of an unchanged model is reused. Writes `bench/results/peers.json` and `.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no pretrained weights, nothing to fetch
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ siblings
+
+import mt10  # noqa: E402  (bench/mt10.py: our policy's configuration, training and seed check)
+import numpy as np  # noqa: E402
+
+import sim  # noqa: E402, F401  (sets MUJOCO_GL before anything imports mujoco)
+from mt_policy.checkpoint import load_checkpoint, read_manifest  # noqa: E402
+from mt_policy.demo_store import DemoStore, LoadedDemos  # noqa: E402
+from mt_policy.lerobot_io import KeyMap  # noqa: E402
+from mt_policy.schema import ACTION_KEY, PROPRIO_KEY, ObservationSchema, TaskSchema  # noqa: E402
+from sim.eval_report import wilson_interval  # noqa: E402
+from sim.evaluate import EVAL_JSON, evaluate  # noqa: E402
+from sim.lerobot_peer import PEER_FORMAT, PEER_FORMAT_VERSION, PEER_MANIFEST, LeRobotPeer  # noqa: E402
+from training.config import register_configs  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CAMERA, IMAGE_SIZE = "corner2", 96
+OURS = "ours"
+
+# LeRobot config fields that differ from LeRobot 0.4's defaults: name -> (value, why). A value of
+# CROP is 7/8 of the image side (84 px at 96 px). Everything not listed stays LeRobot's default.
+CROP = "7/8 of the image side"
+PEER_SETTINGS: dict[str, dict[str, tuple[Any, str]]] = {
+    "act": {
+        "pretrained_backbone_weights": (None, "no ImageNet weights: nothing can be downloaded"),
+        "chunk_size": (16, "MT10 demos last ~50-120 steps at 80 Hz; 100 would outlast most episodes (and costs "
+                           "6x more in the VAE encoder and decoder)"),
+        "n_action_steps": (8, "re-plan every 8 steps (100: open-loop for longer than most episodes)"),
+        "dim_model": (256, "CPU budget: half LeRobot's width"),
+        "dim_feedforward": (1024, "CPU budget: about a third of LeRobot's"),
+    },
+    "diffusion": {
+        "down_dims": ((64, 128, 256), "CPU budget: an eighth of LeRobot's U-Net widths (4.9M instead of 251M U-Net "
+                                      "weights): batch-1 denoising is bound by reading the weights, and evaluation "
+                                      "runs it 10 times per chunk"),
+        "noise_scheduler_type": ("DDIM", "few-step sampling (Diffusion Policy's fast-inference setting)"),
+        "num_inference_steps": (10, "10 denoiser passes per chunk instead of 100 (None: num_train_timesteps)"),
+        "crop_shape": (CROP, "random 84 px crops of 96 px images in training, centre crops in eval (Diffusion "
+                             "Policy's and LeRobot's PushT setting)"),
+    },
+}
+# 800 steps of 64 (ours) = 6,400 steps of 8 (peers): about 1 + 26 + 31 minutes of training on 2 cores, next to
+# about 110 minutes of evaluation (3 models x 10 tasks x 50 episodes), so the whole run takes about 3 hours.
+SAMPLES = 51_200
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--work", type=Path, default=Path("runs/bench_peers"))
+    p.add_argument("--data", type=Path, help="existing stores to read (default: collect into WORK/demos)")
+    p.add_argument("--demos", type=int, default=50, help="scripted demos per task (the first N of each store)")
+    p.add_argument("--episodes", type=int, default=50, help="evaluation episodes per task, every model")
+    p.add_argument("--samples", type=int, default=SAMPLES, help="training samples per model (same for all)")
+    p.add_argument("--peers", default=",".join(PEER_SETTINGS), help=f"comma-separated, from {list(PEER_SETTINGS)}")
+    p.add_argument("--per-task", action="store_true", help="also one peer model per task (SAMPLES/T samples each)")
+    p.add_argument("--batch-size", type=int, default=64, help="our policy's batch (bench/mt10.py's)")
+    p.add_argument("--peer-batch-size", type=int, default=8, help="the peers' batch (lerobot-train's default)")
+    p.add_argument("--n-action-steps", type=int, default=4, help="our policy: actions executed per chunk in eval")
+    p.add_argument("--workers", type=int, default=2, help="collection and evaluation processes")
+    p.add_argument("--threads", type=int, default=0, help="torch threads for training (0: all cores)")
+    p.add_argument("--latency-calls", type=int, default=1000)
+    p.add_argument("--latency-warmup", type=int, default=20)
+    p.add_argument("--max-steps", type=int, help="cap eval episodes (smoke runs only: rates not comparable)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=RESULTS / "peers.json")
+    return p.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------------------- data
+def load_demos(data: Path, tasks: list[str], episodes: int) -> dict[str, LoadedDemos]:
+    """The first `episodes` demos of each task's store, `corner2` only (stats: the store's, all episodes)."""
+    demos = {}
+    for task in tasks:
+        loaded = DemoStore.open(data / f"{task}.zarr").load(cameras=[CAMERA])
+        if loaded.n_episodes < episodes:
+            raise SystemExit(f"{data / task}.zarr holds {loaded.n_episodes} demos, fewer than --demos {episodes}")
+        end = int(loaded.episode_ends[episodes - 1])
+        demos[task] = dataclasses.replace(loaded, arrays={k: v[:end] for k, v in loaded.arrays.items()},
+                                          episode_ends=loaded.episode_ends[:episodes],
+                                          episodes={k: v[:episodes] for k, v in loaded.episodes.items()})
+    return demos
+
+
+class PeerWindows:
+    """LeRobotDataset's training windows, gathered from in-memory demos of one or more tasks.
+
+    Anchor frame t of an episode [start, end) yields observations at t + observation deltas and actions
+    at t + action deltas, clamped to the episode, `action_is_pad` marking the clamped ones (LeRobot's
+    `delta_timestamps` semantics)::
+
+        ACT        obs  t                 actions t .. t+chunk-1            (no time axis on obs)
+        Diffusion  obs  t-1, t            actions t-1 .. t+14 (horizon 16)  (B, To, ...) obs
+
+    Images become float (..., 3, H, W) in [0, 1], as LeRobot's dataset returns them.
+    """
+
+    def __init__(self, demos: dict[str, LoadedDemos], keys: dict[str, str]) -> None:
+        import torch
+
+        self._torch = torch
+        self.keys = keys  # our array key -> LeRobot feature
+        self.arrays = {k: np.concatenate([d.arrays[k] for d in demos.values()]) for k in keys}
+        starts, ends, offset = [], [], 0
+        for d in demos.values():
+            e = d.episode_ends.astype(np.int64)
+            starts.append(np.concatenate([[0], e[:-1]]) + offset)
+            ends.append(e + offset)
+            offset += d.n_frames
+        s, e = np.concatenate(starts), np.concatenate(ends)
+        self.start, self.end = np.repeat(s, e - s), np.repeat(e, e - s)  # per frame: its episode's bounds
+
+    def anchors(self, drop_last: int = 0) -> np.ndarray:
+        """Frames that anchor a window: all but the last `drop_last` of each episode (EpisodeAwareSampler)."""
+        frames = np.arange(len(self.start))
+        return frames[frames < self.end - drop_last]
+
+    def _clamped(self, anchors: np.ndarray, deltas: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        raw = anchors[:, None] + np.asarray(deltas)[None, :]  # (B, D)
+        lo, hi = self.start[anchors][:, None], self.end[anchors][:, None] - 1
+        return np.clip(raw, lo, hi), (raw < lo) | (raw > hi)
+
+    def batch(self, anchors: np.ndarray, obs_deltas: list[int] | None, action_deltas: list[int]) -> dict[str, Any]:
+        torch = self._torch
+        obs_idx = anchors if obs_deltas is None else self._clamped(anchors, obs_deltas)[0]
+        act_idx, pad = self._clamped(anchors, action_deltas)
+        batch: dict[str, Any] = {}
+        for key, feature in self.keys.items():
+            if key == ACTION_KEY:
+                batch[feature] = torch.from_numpy(self.arrays[key][act_idx])  # (B, D, A)
+            elif key == PROPRIO_KEY:
+                batch[feature] = torch.from_numpy(self.arrays[key][obs_idx])  # (B, [To,] P)
+            else:  # (B, [To,] H, W, 3) uint8 -> (B, [To,] 3, H, W) float
+                batch[feature] = torch.from_numpy(self.arrays[key][obs_idx]).movedim(-1, -3).contiguous().float() / 255
+        batch["action_is_pad"] = torch.from_numpy(pad)
+        return batch
+
+
+def lerobot_stats(demos: dict[str, LoadedDemos], keys: dict[str, str]) -> dict[str, dict[str, np.ndarray]]:
+    """LeRobot's `dataset_stats` (mean/std/min/max per feature, images per channel on the [0, 1] scale,
+    shaped (3, 1, 1)) from our stores' statistics merged over the tasks."""
+    stats = {}
+    for key, feature in keys.items():
+        merged = None
+        for d in demos.values():
+            merged = d.stats[key] if merged is None else merged.merge(d.stats[key])
+        values = {"mean": merged.mean, "std": merged.std, "min": merged.min, "max": merged.max}
+        if key not in (ACTION_KEY, PROPRIO_KEY):
+            values = {k: (v / 255.0).reshape(-1, 1, 1) for k, v in values.items()}
+        stats[feature] = {k: np.asarray(v, dtype=np.float32) for k, v in values.items()}
+    return stats
+
+
+# ------------------------------------------------------------------------------------------- peers
+def peer_settings(peer: str, image_size: int, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The LeRobot config fields `bench/peers.py` sets for `peer` (PEER_SETTINGS, then `overrides`)."""
+    settings = {k: (v if v != CROP else (image_size * 7 // 8,) * 2) for k, (v, _) in PEER_SETTINGS[peer].items()}
+    return settings | (overrides or {})
+
+
+def peer_config(peer: str, schema: TaskSchema, keys: dict[str, str], settings: dict[str, Any]) -> Any:
+    """LeRobot's config for `peer` with our features (`keys`: our array key -> LeRobot feature) on the CPU."""
+    from lerobot.configs.types import FeatureType, PolicyFeature
+    from lerobot.policies.factory import make_policy_config
+
+    inputs = {keys[f"obs/{c.name}"]: PolicyFeature(FeatureType.VISUAL, (3, c.height, c.width))
+              for c in schema.observation.cameras}
+    inputs[keys[PROPRIO_KEY]] = PolicyFeature(FeatureType.STATE, (schema.observation.proprio_size,))
+    outputs = {keys[ACTION_KEY]: PolicyFeature(FeatureType.ACTION, (schema.action.size,))}
+    return make_policy_config(peer, input_features=inputs, output_features=outputs, device="cpu",
+                              push_to_hub=False, **settings)
+
+
+def settings_report(peer: str, config: Any) -> dict[str, dict[str, Any]]:
+    """Every field `bench/peers.py` changed: our value, LeRobot's default, and why."""
+    defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+                for f in dataclasses.fields(config)}
+    reasons = {k: why for k, (_, why) in PEER_SETTINGS[peer].items()}
+    return {name: {"value": getattr(config, name), "lerobot_default": defaults[name], "why": reasons.get(name, "")}
+            for name in reasons}
+
+
+def default_parameters(peer: str, schema: TaskSchema, keys: dict[str, str]) -> int:
+    """Parameters of `peer` at LeRobot's default sizes (built on the meta device: no memory, no weights)."""
+    import torch
+    from lerobot.policies.factory import get_policy_class
+
+    config = peer_config(peer, schema, keys, {"pretrained_backbone_weights": None})
+    with torch.device("meta"):
+        return sum(p.numel() for p in get_policy_class(peer)(config).parameters())
+
+
+def build_peer(peer: str, demos: dict[str, LoadedDemos], overrides: dict[str, Any] | None = None) -> tuple[Any, ...]:
+    """LeRobot's `peer` for these demos: (config, keys, policy, preprocessor, postprocessor), normalised with the
+    stores' statistics merged over the tasks."""
+    from lerobot.policies.factory import get_policy_class, make_pre_post_processors
+
+    first = next(iter(demos.values()))
+    if any(d.schema.observation != first.schema.observation or d.schema.action.size != first.schema.action.size
+           for d in demos.values()):
+        raise ValueError("one LeRobot policy needs one observation and action size across its tasks")
+    keys = KeyMap.for_schema(first.schema).to_lerobot()
+    settings = peer_settings(peer, first.schema.observation.cameras[0].height, overrides)
+    config = peer_config(peer, first.schema, keys, settings)
+    policy = get_policy_class(peer)(config)
+    preprocessor, postprocessor = make_pre_post_processors(config, dataset_stats=lerobot_stats(demos, keys))
+    return config, keys, policy, preprocessor, postprocessor
+
+
+def fit_peer(config: Any, policy: Any, preprocessor: Any, windows: PeerWindows, steps: int, batch_size: int,
+             rng: np.random.Generator, log=print) -> tuple[list[dict[str, Any]], float, dict[str, Any]]:
+    """LeRobot's update step (forward, backward, grad clipping, optimizer and scheduler presets) `steps` times;
+    return the log rows, the loop's wall time and the optimizer/scheduler settings."""
+    import torch
+
+    optim = config.get_optimizer_preset()
+    optimizer = optim.build(policy.get_optim_params())
+    scheduler_cfg = config.get_scheduler_preset()
+    scheduler = scheduler_cfg.build(optimizer, steps) if scheduler_cfg is not None else None
+    stream = _shuffled(rng, windows.anchors(getattr(config, "drop_n_last_frames", 0)), batch_size)
+    rows, started, every = [], time.perf_counter(), max(1, steps // 20)
+    policy.train()
+    for step in range(1, steps + 1):
+        batch = preprocessor(windows.batch(next(stream), config.observation_delta_indices, config.action_delta_indices))
+        loss, _ = policy.forward(batch)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), optim.grad_clip_norm)
+        optimizer.step()
+        optimizer.zero_grad()
+        if scheduler is not None:
+            scheduler.step()
+        if step % every == 0 or step == steps:
+            rows.append({"step": step, "loss": loss.item(), "grad_norm": grad_norm.item(),
+                         "lr": optimizer.param_groups[0]["lr"],
+                         "samples_per_s": step * batch_size / (time.perf_counter() - started)})
+            log(f"[{config.type}] step {step}/{steps} loss {rows[-1]['loss']:.4f} "
+                f"{rows[-1]['samples_per_s']:.1f} samples/s")
+    presets = {"optimizer": {"type": type(optimizer).__name__} | dataclasses.asdict(optim),
+               "scheduler": dataclasses.asdict(scheduler_cfg) if scheduler_cfg is not None else None}
+    return rows, time.perf_counter() - started, presets
+
+
+def train_peer(peer: str, demos: dict[str, LoadedDemos], out: Path, samples: int, batch_size: int, seed: int = 0,
+               overrides: dict[str, Any] | None = None, threads: int = 0, log=print) -> dict[str, Any]:
+    """Train LeRobot's `peer` on `demos` for `samples` windows, LeRobot's way; save it to `out`; return its manifest."""
+    import torch
+
+    steps = samples // batch_size
+    if steps < 1:
+        raise ValueError(f"{samples} samples make no batch of {batch_size}")
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    torch.manual_seed(seed)
+    config, keys, policy, preprocessor, postprocessor = build_peer(peer, demos, overrides)
+    rows, seconds, presets = fit_peer(config, policy, preprocessor, PeerWindows(demos, keys), steps, batch_size,
+                                      np.random.default_rng(seed), log)
+    first = next(iter(demos.values()))
+    manifest = {
+        "format": PEER_FORMAT, "format_version": PEER_FORMAT_VERSION, "policy_type": peer,
+        "tasks": [{**d.task.to_dict(), "schema": d.schema.to_dict()} for d in demos.values()],
+        "observation": first.schema.to_dict()["observation"], "keys": keys,
+        "parameters": sum(p.numel() for p in policy.parameters()), "n_action_steps": config.n_action_steps,
+        "settings": settings_report(peer, config),
+        "provenance": {
+            "trainer": "bench/peers.py (LeRobot's forward, optimizer/scheduler presets and grad clipping)",
+            "lerobot_version": _lerobot_version(), "samples": steps * batch_size, "steps": steps,
+            "batch_size": batch_size, "seed": seed, "overrides": overrides or {}, "threads": torch.get_num_threads(),
+            "train_seconds": seconds, "samples_per_s": steps * batch_size / seconds, **presets,
+            "sampling": "shuffled over every anchor frame of its tasks' demos (LeRobot's DataLoader)",
+            "normalization": "LeRobot's processors; the stores' stats merged over the tasks",
+            "demo_seeds": {t: d.episodes["seed"].tolist() for t, d in demos.items()},
+            "final_loss": rows[-1]["loss"],
+        },
+    }
+    _save_peer(out, policy, preprocessor, postprocessor, manifest, rows)
+    return manifest
+
+
+def _shuffled(rng: np.random.Generator, anchors: np.ndarray, batch_size: int):
+    """Batches of anchors from successive random permutations (sampling without replacement, epoch after epoch)."""
+    pending = np.empty(0, dtype=np.int64)
+    while True:
+        while len(pending) < batch_size:
+            pending = np.concatenate([pending, rng.permutation(anchors)])
+        yield pending[:batch_size]
+        pending = pending[batch_size:]
+
+
+def _save_peer(out: Path, policy: Any, preprocessor: Any, postprocessor: Any, manifest: dict[str, Any],
+               rows: list[dict[str, Any]]) -> None:
+    """Write the policy directory atomically: LeRobot's files, `mt_policy_peer.json` and `train_log.csv`."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    policy.save_pretrained(tmp)
+    preprocessor.save_pretrained(tmp)
+    postprocessor.save_pretrained(tmp)
+    (tmp / PEER_MANIFEST).write_text(json.dumps(manifest, indent=2, default=_jsonable) + "\n")
+    with (tmp / "train_log.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
+def _jsonable(value: Any) -> Any:
+    return value.value if hasattr(value, "value") else str(value)  # enums (normalisation modes), paths
+
+
+def _lerobot_version() -> str:
+    from importlib.metadata import version
+
+    return version("lerobot")
+
+
+def _trained(peer: str, out: Path, samples: int, batch_size: int, seed: int) -> dict[str, Any] | None:
+    """The manifest of a finished model at `out` trained with these settings and today's PEER_SETTINGS, else None."""
+    file = out / PEER_MANIFEST
+    if not file.is_file():
+        return None
+    manifest = json.loads(file.read_text())
+    prov = manifest["provenance"]
+    same = (prov["samples"], prov["batch_size"], prov["seed"], prov["overrides"]) == (samples, batch_size, seed, {})
+    expected = json.loads(json.dumps(peer_settings(peer, manifest["observation"]["cameras"][0]["height"])))
+    return manifest if same and {k: v["value"] for k, v in manifest["settings"].items()} == expected else None
+
+
+# ------------------------------------------------------------------------------------------- latency
+def example_observation(observation: ObservationSchema, seed: int = 0) -> dict[str, np.ndarray]:
+    """The random observation `bench-runtime` times our policy on (same generator, same order)."""
+    rng = np.random.default_rng(seed)
+    obs = {f"obs/{c.name}": rng.integers(0, 256, c.shape, dtype=np.uint8) for c in observation.cameras}
+    obs[PROPRIO_KEY] = rng.standard_normal(observation.proprio_size).astype(np.float32)
+    return obs
+
+
+def peer_latency(policy_dir: Path, calls: int, warmup: int) -> dict[str, float]:
+    """Batch-1 latency of one network call through LeRobot: reset, then preprocessor -> select_action ->
+    postprocessor (the evaluator's predictor), one thread."""
+    import torch
+
+    from deploy.latency import time_calls
+
+    torch.set_num_threads(1)
+    peer = LeRobotPeer(policy_dir)
+    obs = example_observation(ObservationSchema(**_observation_fields(peer.manifest["observation"])))
+
+    def call() -> None:
+        peer.reset()  # an empty queue: select_action runs the network (else it pops a queued action)
+        peer.predict(obs)
+
+    return time_calls(call, calls, warmup)
+
+
+def _observation_fields(observation: dict[str, Any]) -> dict[str, Any]:
+    from mt_policy.schema import CameraSpec
+
+    return observation | {"cameras": tuple(CameraSpec(**c) for c in observation["cameras"])}
+
+
+def ours_latency(checkpoint: Path, calls: int, warmup: int) -> dict[str, Any]:
+    """Our PyTorch wrapper and ONNX runtime (CPU, one thread) through `mt-policy bench-runtime`'s code."""
+    from deploy.latency import bench_runtime
+
+    result = bench_runtime(checkpoint, calls=calls, warmup=warmup, threads=1, log=lambda line: print(f"[{OURS}] {line}"))
+    rows = {(r["backend"], r["device"]): r for r in result["rows"]}
+    return {"pytorch_eager": rows[("pytorch-eager", "cpu")], "onnxruntime_cpu": rows[("onnxruntime", "cpu")],
+            "task": result["task"], "flops_per_call": result["flops_per_call"]}
+
+
+def cached_latency(run_dir: Path, measure, calls: int, warmup: int, fresh: bool) -> dict[str, Any]:
+    """`measure()` once per model and latency settings (reused by a resumed run unless the model is new)."""
+    file = run_dir / "latency.json"
+    if file.is_file() and not fresh:
+        cached = json.loads(file.read_text())
+        if (cached["calls"], cached["warmup"]) == (calls, warmup):
+            return cached["latency"]
+    latency = measure()
+    file.write_text(json.dumps({"calls": calls, "warmup": warmup, "latency": latency}, indent=2) + "\n")
+    return latency
+
+
+# ------------------------------------------------------------------------------------------- runs
+def evaluate_once(path: Path, out_dir: Path, kind: str, args: argparse.Namespace, fresh: bool,
+                  tasks: list[str] | None = None, n_action_steps: int | None = None) -> dict[str, Any]:
+    previous = out_dir / EVAL_JSON
+    if previous.is_file() and not fresh:
+        report = json.loads(previous.read_text())
+        if (report["episodes_per_task"], report["checkpoint"], report["max_steps"]) == \
+                (args.episodes, str(path.resolve()), args.max_steps):
+            print(f"evaluation finished earlier: {previous}", flush=True)
+            return report
+    print(f"evaluating {path} ({kind}): {args.episodes} episodes per task", flush=True)
+    return evaluate(path, out_dir, tasks=tasks, episodes=args.episodes, workers=args.workers, videos=1,
+                    n_action_steps=n_action_steps, progress=False, max_steps=args.max_steps, kind=kind)
+
+
+def task_rows(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-task successes with Wilson intervals, the mean and the pooled interval over one or more reports."""
+    tasks = {}
+    for report in reports:
+        for task, row in report["tasks"].items():
+            lo, hi = wilson_interval(row["successes"], row["episodes"])
+            tasks[task] = {"successes": row["successes"], "episodes": row["episodes"],
+                           "success_rate": row["success_rate"], "ci95": [lo, hi]}
+    wins, n = sum(r["successes"] for r in tasks.values()), sum(r["episodes"] for r in tasks.values())
+    return {"tasks": tasks, "mean_success": float(np.mean([r["success_rate"] for r in tasks.values()])),
+            "pooled_ci95": list(wilson_interval(wins, n)),
+            "eval_seconds": sum(r.get("wall_seconds") or 0 for r in reports)}
+
+
+def run_ours(args: argparse.Namespace, data: Path) -> dict[str, Any]:
+    steps = args.samples // args.batch_size
+    last = args.work / OURS / "lerobot" / "checkpoints" / "last"
+    if last.exists() and read_manifest(last)["provenance"]["config"]["train"]["steps"] != steps:
+        raise SystemExit(f"{last} was trained for another number of samples; remove {last.parent.parent} or "
+                         f"use another --work")
+    extra = [f"data.max_episodes={args.demos}"] + ([f"train.threads={args.threads}"] if args.threads else [])
+    ns = argparse.Namespace(work=args.work / OURS, steps=steps, batch_size=args.batch_size, seed=args.seed, set=extra)
+    checkpoint, figures = mt10.train("lerobot", ns, data)
+    fresh = figures["peak_rss_gib"] is not None  # trained (at least partly) by this invocation
+    run_dir = args.work / OURS
+    latency = cached_latency(run_dir, lambda: ours_latency(checkpoint, args.latency_calls, args.latency_warmup),
+                             args.latency_calls, args.latency_warmup, fresh)
+    report = evaluate_once(checkpoint, run_dir / "eval", "checkpoint", args, fresh, n_action_steps=args.n_action_steps)
+    prov = read_manifest(checkpoint)["provenance"]
+    model = load_checkpoint(checkpoint)[0]
+    return {"model": OURS, "description": "our policy, bench/mt10.py's `lerobot` configuration (corner2 + agent_pos)",
+            "path": str(checkpoint), "overrides": mt10.overrides("lerobot", ns, data),
+            "parameters": sum(p.numel() for p in model.parameters()), "action_chunk": model.config.action_chunk,
+            "n_action_steps": args.n_action_steps, "batch_size": args.batch_size, "steps": steps,
+            "train_samples": steps * args.batch_size, "train_seconds": prov["train_seconds"],
+            "train_samples_per_s": steps * args.batch_size / prov["train_seconds"],
+            "latency_ms": latency} | task_rows([report])
+
+
+def run_peer(peer: str, args: argparse.Namespace, demos: dict[str, LoadedDemos]) -> dict[str, Any]:
+    run_dir = args.work / peer
+    policy_dir = run_dir / "policy"
+    manifest, fresh = _trained(peer, policy_dir, args.samples, args.peer_batch_size, args.seed), False
+    if manifest is None:
+        print(f"[{peer}] training on {args.samples:,} samples, batch {args.peer_batch_size}", flush=True)
+        manifest, fresh = train_peer(peer, demos, policy_dir, args.samples, args.peer_batch_size, args.seed,
+                                     threads=args.threads), True
+    else:
+        print(f"[{peer}] trained earlier: {policy_dir}", flush=True)
+    latency = cached_latency(run_dir, lambda: {"lerobot_select_action": peer_latency(
+        policy_dir, args.latency_calls, args.latency_warmup)}, args.latency_calls, args.latency_warmup, fresh)
+    report = evaluate_once(policy_dir, run_dir / "eval", "lerobot", args, fresh)
+    first = next(iter(demos.values()))
+    return _peer_row(peer, peer, manifest, [report], latency,
+                     default_parameters(peer, first.schema, KeyMap.for_schema(first.schema).to_lerobot()))
+
+
+def run_peer_per_task(peer: str, args: argparse.Namespace, demos: dict[str, LoadedDemos],
+                      latency: dict[str, Any]) -> dict[str, Any]:
+    """One `peer` model per task, each on SAMPLES/T samples of its own task's demos, evaluated on its task
+    (latency: the suite model's, the same architecture)."""
+    samples = args.samples // len(demos)
+    manifests, reports, seconds = [], [], 0.0
+    for task in demos:
+        run_dir = args.work / f"{peer}_per_task" / task
+        manifest, fresh = _trained(peer, run_dir / "policy", samples, args.peer_batch_size, args.seed), False
+        if manifest is None:
+            print(f"[{peer}/{task}] training on {samples:,} samples", flush=True)
+            manifest, fresh = train_peer(peer, {task: demos[task]}, run_dir / "policy", samples,
+                                         args.peer_batch_size, args.seed, threads=args.threads), True
+        manifests.append(manifest)
+        seconds += manifest["provenance"]["train_seconds"]
+        reports.append(evaluate_once(run_dir / "policy", run_dir / "eval", "lerobot", args, fresh))
+    row = _peer_row(f"{peer}/per-task", peer, manifests[0], reports, latency, None) | {"latency_from": peer}
+    train_samples = sum(m["provenance"]["samples"] for m in manifests)
+    return row | {"models": len(manifests), "parameters": row["parameters"] * len(manifests),
+                  "train_samples": train_samples, "train_seconds": seconds, "train_samples_per_s": train_samples / seconds}
+
+
+def _peer_row(name: str, peer: str, manifest: dict[str, Any], reports: list[dict[str, Any]],
+              latency: dict[str, Any] | None, default_params: int | None) -> dict[str, Any]:
+    prov = manifest["provenance"]
+    settings = manifest["settings"]
+    return {"model": name, "description": f"LeRobot {peer} ({manifest['policy_type']}), one model per "
+                                          f"{'task' if '/' in name else 'suite'}",
+            "parameters": manifest["parameters"], "parameters_at_lerobot_defaults": default_params,
+            "settings": settings, "lerobot_version": prov["lerobot_version"],
+            "n_action_steps": manifest["n_action_steps"],
+            "batch_size": prov["batch_size"], "steps": prov["steps"], "train_samples": prov["samples"],
+            "train_seconds": prov["train_seconds"], "train_samples_per_s": prov["samples_per_s"],
+            "optimizer": prov["optimizer"], "scheduler": prov["scheduler"], "latency_ms": latency} | task_rows(reports)
+
+
+# ------------------------------------------------------------------------------------------- report
+def _lat(row: dict[str, Any], key: str) -> str:
+    lat = (row.get("latency_ms") or {}).get(key)
+    return f"{lat['p50_ms']:.2f} / {lat['p99_ms']:.2f}" if lat else "-"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    runs = result["runs"]
+    tasks = list(runs[0]["tasks"])
+    lines = [f"Command: `{result['command']}`", "",
+             "| model | mean success | 95% CI (pooled) | parameters | train samples | samples/s | actions per "
+             "network call | LeRobot select_action p50 / p99 ms | our PyTorch p50 / p99 ms | our ONNX p50 / p99 ms |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in runs:
+        lo, hi = r["pooled_ci95"]
+        lines.append(f"| {r['model']} | {r['mean_success']:.1%} | {lo:.1%}–{hi:.1%} | {r['parameters']:,} | "
+                     f"{r['train_samples']:,} | {r['train_samples_per_s']:.1f} | {r['n_action_steps']} | "
+                     f"{_lat(r, 'lerobot_select_action')} | {_lat(r, 'pytorch_eager')} | {_lat(r, 'onnxruntime_cpu')} |")
+    lines += ["", "| model | " + " | ".join(t.removesuffix("-v3") for t in tasks) + " |",
+              "|---|" + "---:|" * len(tasks)]
+    for r in runs:
+        lines.append(f"| {r['model']} | " + " | ".join(
+            f"{r['tasks'][t]['successes']}/{r['tasks'][t]['episodes']}" if t in r["tasks"] else "-" for t in tasks) + " |")
+    lines += ["", "Peer settings that differ from LeRobot's defaults:", ""]
+    for r in runs:
+        if "settings" in r and "/" not in r["model"]:
+            changed = "; ".join(f"`{k}` {_fmt(v['value'])} (default {_fmt(v['lerobot_default'])})"
+                                for k, v in r["settings"].items())
+            size = (f" {r['parameters']:,} parameters vs {r['parameters_at_lerobot_defaults']:,} at LeRobot's "
+                    f"defaults ({r['parameters_at_lerobot_defaults'] / r['parameters']:.1f}x)."
+                    if r.get("parameters_at_lerobot_defaults") else "")
+            lines.append(f"- {r['model']}: {changed}.{size}")
+    lines += ["", *goal_lines(runs)]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: Any) -> str:
+    return "None" if value is None else str(tuple(value) if isinstance(value, list) else value)
+
+
+def goal_lines(runs: list[dict[str, Any]]) -> list[str]:
+    ours = next((r for r in runs if r["model"] == OURS), None)
+    peers = [r for r in runs if r["model"] != OURS]
+    if ours is None or not peers:
+        return []
+    best = max(peers, key=lambda r: r["mean_success"])
+    ort = ours["latency_ms"]["onnxruntime_cpu"]["p50_ms"]
+    peer_p50 = best["latency_ms"]["lerobot_select_action"]["p50_ms"]
+
+    def verdict(ok: bool) -> str:
+        return "**met**" if ok else "**not met**"
+
+    return [f"Best peer by mean success: {best['model']} ({best['mean_success']:.1%}).",
+            f"- mean success >= best peer's: {verdict(ours['mean_success'] >= best['mean_success'])} "
+            f"({ours['mean_success']:.1%} vs {best['mean_success']:.1%})",
+            f"- >= 5x lower latency (our ONNX p50 vs its select_action p50): {verdict(peer_p50 >= 5 * ort)} "
+            f"({ort:.2f} vs {peer_p50:.2f} ms, {peer_p50 / ort:.1f}x)",
+            f"- fewer parameters: {verdict(ours['parameters'] < best['parameters'])} "
+            f"({ours['parameters']:,} vs {best['parameters']:,})"]
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "torch": torch.__version__, "lerobot": _lerobot_version()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    peers = [p for p in args.peers.split(",") if p]
+    unknown = [p for p in peers if p not in PEER_SETTINGS]
+    if unknown:
+        print(f"unknown peer(s) {unknown}; known: {list(PEER_SETTINGS)}", file=sys.stderr)
+        return 2
+    from sim.suites import get_suite
+
+    tasks = [t.name for t in get_suite("mt10")]
+    per_task = args.samples // len(tasks)
+    if args.samples % args.batch_size or args.samples % args.peer_batch_size or \
+            (args.per_task and per_task % args.peer_batch_size):
+        print(f"--samples {args.samples} must be a multiple of --batch-size and --peer-batch-size"
+              + (" (and SAMPLES/10 of --peer-batch-size with --per-task)" if args.per_task else ""), file=sys.stderr)
+        return 2
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    data = collect_demos(args)
+    register_configs()
+    seeds = mt10.check_seeds(data, tasks, args.episodes)
+    runs = [run_ours(args, data)]
+    demos = load_demos(data, tasks, args.demos)
+    suite_rows = {peer: run_peer(peer, args, demos) for peer in peers}
+    runs += list(suite_rows.values())
+    if args.per_task:
+        runs += [run_peer_per_task(peer, args, demos, suite_rows[peer]["latency_ms"]) for peer in peers]
+    command = "python bench/peers.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    result = {"command": command.strip(), "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "machine": machine(), "demos_per_task": args.demos, "episodes_per_task": args.episodes,
+              "samples_per_model": args.samples, "max_steps": args.max_steps, "seeds": seeds,
+              "latency": {"calls": args.latency_calls, "warmup": args.latency_warmup, "threads": 1,
+                          "what": "one network call per timed call, batch 1; LeRobot: reset() then select_action"},
+              "runs": runs}
+    md = markdown(result)
+    print("\n" + md)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, default=_jsonable) + "\n")
+    args.out.with_suffix(".md").write_text(md)
+    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+    return 0
+
+
+def collect_demos(args: argparse.Namespace) -> Path:
+    """`--data` as given, or MT10 demos (corner2, 96 px) collected into WORK/demos (resumes)."""
+    if args.data is not None:
+        return args.data
+    from sim.collect import collect
+    from sim.suites import get_suite
+    from sim.tasks import ObservationConfig
+
+    data = args.work / "demos"
+    print(f"collecting {args.demos} demos/task of mt10 ({CAMERA}, {IMAGE_SIZE} px) -> {data}", flush=True)
+    collect(get_suite("mt10"), args.demos, data, ObservationConfig(cameras=(CAMERA,), image_size=(IMAGE_SIZE,) * 2),
+            workers=args.workers, progress=False)
+    return data
+
+
+if __name__ == "__main__":
+    sys.exit(main())

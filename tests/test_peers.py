@@ -1,0 +1,132 @@
+"""LeRobot peers (bench/peers.py): LeRobot's training windows from our stores, training and saving through
+LeRobot's API, and the evaluator's "lerobot" policy kind (load, predict, reset at every episode start)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_episode
+
+import sim.evaluate as evaluate_mod
+from mt_policy.cli import main
+from mt_policy.demo_store import DemoStore
+from mt_policy.lerobot_io import KeyMap
+from mt_policy.seeds import EVAL_SEEDS
+from sim.evaluate import EpisodeJob, PolicySource, _policy_info, _predictor, _worker_episode
+from sim.lerobot_peer import LeRobotPeer
+from sim.tasks import ObservationConfig, get_task
+
+pytest.importorskip("lerobot")
+
+ROOT = Path(__file__).resolve().parents[1]
+TASK = "reach-v3"
+SMALL = ObservationConfig(cameras=("corner2",), image_size=(32, 32))
+EPISODES = ((3, 12), (5, 9))  # (seed, length): frames 0..11 and 12..20
+TINY = {  # LeRobot's architectures, shrunk so a training step takes milliseconds
+    "act": {"chunk_size": 4, "n_action_steps": 2, "dim_model": 32, "n_heads": 2, "dim_feedforward": 64,
+            "n_encoder_layers": 1, "n_vae_encoder_layers": 1, "latent_dim": 4},
+    "diffusion": {"horizon": 8, "n_action_steps": 4, "down_dims": (16, 32), "diffusion_step_embed_dim": 16,
+                  "n_groups": 4, "spatial_softmax_num_keypoints": 8, "num_inference_steps": 2},
+}
+
+
+def _queue(peer: LeRobotPeer):
+    policy = peer.policy
+    return policy._action_queue if peer.manifest["policy_type"] == "act" else policy._queues["action"]
+
+
+@pytest.fixture(scope="module")
+def peers():
+    spec = importlib.util.spec_from_file_location("bench_peers", ROOT / "bench" / "peers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory):
+    task = get_task(TASK)
+    schema = task.schema(SMALL)
+    store = DemoStore.create(tmp_path_factory.mktemp("demos") / f"{TASK}.zarr", schema, task.info())
+    rng = np.random.default_rng(0)
+    for seed, length in EPISODES:
+        store.append_episode(make_episode(schema, length, rng), seed=seed, success=True, expert="fake")
+    store.close()
+    return {TASK: DemoStore.open(store.path).load(cameras=["corner2"])}
+
+
+@pytest.fixture
+def fresh_worker_caches(monkeypatch):
+    monkeypatch.setattr(evaluate_mod, "_POLICIES", {})
+    monkeypatch.setattr(evaluate_mod, "_ENVS", {})
+
+
+def test_windows_follow_lerobot_delta_indices_and_stay_inside_episodes(peers, demos):
+    loaded = demos[TASK]
+    windows = peers.PeerWindows(demos, KeyMap.for_schema(loaded.schema).to_lerobot())
+    assert windows.anchors(drop_last=3).tolist() == [*range(0, 9), *range(12, 18)]
+    # Diffusion's windows (To=2, horizon 8): observations t-1, t and actions t-1 .. t+6.
+    batch = windows.batch(np.array([12, 20]), [-1, 0], list(range(-1, 7)))
+    proprio, action = loaded.arrays["obs/proprio"], loaded.arrays["action"]
+    np.testing.assert_array_equal(batch["observation.state"][0].numpy(), proprio[[12, 12]])  # t-1 clamped to the start
+    np.testing.assert_array_equal(batch["action"][0].numpy(), action[[12, *range(12, 19)]])
+    assert batch["action_is_pad"].tolist() == [[True] + [False] * 7, [False, False] + [True] * 6]
+    np.testing.assert_array_equal(batch["action"][1, 2:].numpy(), action[[20] * 6])  # past the end: last frame
+    image = batch["observation.images.corner2"]
+    assert image.shape == (2, 2, 3, 32, 32) and image.dtype.is_floating_point
+    np.testing.assert_allclose(image[1, 0].numpy(), loaded.arrays["obs/corner2"][19].transpose(2, 0, 1) / 255, rtol=1e-6)
+    # ACT's windows: one observation without a time axis.
+    assert windows.batch(np.array([0, 5]), None, [0, 1, 2, 3])["observation.state"].shape == (2, 4)
+
+
+@pytest.mark.parametrize("peer", ["act", "diffusion"])
+def test_a_trained_peer_is_saved_with_its_normalisation_and_the_evaluator_loads_and_resets_it(
+        peers, demos, peer, tmp_path, fresh_worker_caches):
+    manifest = peers.train_peer(peer, demos, tmp_path / "policy", samples=8, batch_size=4, overrides=TINY[peer],
+                                threads=1, log=lambda _: None)
+    assert (manifest["provenance"]["samples"], manifest["provenance"]["steps"]) == (8, 2)
+    source = PolicySource(str(tmp_path / "policy"), "lerobot")
+    info = _policy_info(source)
+    assert [t.name for t in info.tasks] == [TASK] and info.action_chunk == 1
+    assert info.provenance["demo_seeds"] == {TASK: [3, 5]}  # so the eval/demo seed check runs for peers too
+
+    predict, chunk, reset = _predictor(source, TASK)
+    loaded = evaluate_mod._POLICIES[source]
+    assert loaded.policy.config.pretrained_backbone_weights is None
+    normalizer = next(s for s in loaded.preprocessor.steps if type(s).__name__ == "NormalizerProcessorStep")
+    np.testing.assert_allclose(normalizer.stats["observation.state"]["mean"], demos[TASK].stats["obs/proprio"].mean,
+                               rtol=1e-5)
+    action = predict(peers.example_observation(info.observation))
+    assert chunk == 1 and action.shape == (1, 4) and np.isfinite(action).all()
+    assert len(_queue(loaded)) == TINY[peer]["n_action_steps"] - 1  # LeRobot queued the rest of its chunk
+    reset()
+    assert len(_queue(loaded)) == 0
+
+
+@pytest.mark.slow
+def test_eval_runs_a_lerobot_peer_in_metaworld_and_resets_it_every_episode(peers, demos, tmp_path, capsys,
+                                                                            monkeypatch, fresh_worker_caches):
+    policy = tmp_path / "act"
+    peers.train_peer("act", demos, policy, samples=4, batch_size=4, overrides=TINY["act"], threads=1,
+                     log=lambda _: None)
+    out = tmp_path / "eval"
+    assert main(["eval", "--lerobot", str(policy), "--episodes", "1", "--workers", "1", "--max-steps", "5",
+                 "--videos", "0", "--no-progress", "--out", str(out)]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert report["policy"] == {"kind": "lerobot"} and report["n_action_steps"] == 1
+    assert report["tasks"][TASK]["episodes"] == 1 and report["eval_seeds"]["first"] == EVAL_SEEDS.seed(0)
+
+    # The worker's code, in this process: 3 steps leave 1 of ACT's 2 queued actions behind; the next
+    # episode must start by clearing it.
+    source = PolicySource(str(policy.resolve()), "lerobot")
+    job = EpisodeJob(source, get_task(TASK), SMALL, EVAL_SEEDS.seed(0), 3, None, None, None, 1)
+    assert _worker_episode(job).outcome.steps == 3
+    peer = evaluate_mod._POLICIES[source]
+    left_at_reset, original = [], peer.policy.reset
+    monkeypatch.setattr(peer.policy, "reset", lambda: (left_at_reset.append(len(_queue(peer))), original()))
+    assert _worker_episode(job).outcome.steps == 3
+    assert left_at_reset == [1]
