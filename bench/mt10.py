@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
@@ -130,20 +131,15 @@ def run_config(name: str, args: argparse.Namespace, data: Path) -> dict[str, Any
             and done.get("checkpoint") == str(checkpoint.resolve()) \
             and previous.stat().st_mtime > (checkpoint / "policy.json").stat().st_mtime:  # not an older model's
         print(f"[{name}] evaluation finished earlier: {previous}", flush=True)
-        report = json.loads(previous.read_text())
+        report, eval_rss = done, None  # its workers ran in an earlier process
     else:
         print(f"[{name}] evaluating {args.episodes} episodes per task", flush=True)
         report = evaluate(checkpoint, eval_dir, episodes=args.episodes, workers=args.workers, videos=1,
                           n_action_steps=args.n_action_steps, progress=False)
+        eval_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     eval_seconds = report.get("wall_seconds") or (time.perf_counter() - eval_start)
     steps, batch = prov["config"]["train"]["steps"], prov["config"]["train"]["batch_size"]
-    tasks = {}
-    for task, row in report["tasks"].items():
-        lo, hi = wilson_interval(row["successes"], row["episodes"])
-        tasks[task] = {"successes": row["successes"], "episodes": row["episodes"],
-                       "success_rate": row["success_rate"], "ci95": [lo, hi]}
-    wins = sum(r["successes"] for r in tasks.values())
-    n = sum(r["episodes"] for r in tasks.values())
+    rows = task_rows([report])
     return {
         "config": name, "description": CONFIGS[name][0], "cameras": list(CONFIGS[name][1]),
         "image_size": IMAGE_SIZE, "overrides": overrides(name, args, data), "checkpoint": str(checkpoint),
@@ -155,12 +151,22 @@ def run_config(name: str, args: argparse.Namespace, data: Path) -> dict[str, Any
         "eval_seconds": eval_seconds,
         "train_plus_eval_minutes": (figures["train_seconds"] + eval_seconds) / 60,
         "peak_rss_gib_training": figures["peak_rss_gib"],
-        "peak_rss_gib_eval_workers": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20,
+        "peak_rss_gib_eval_workers": eval_rss,
         "n_action_steps": args.n_action_steps,
-        "tasks": tasks, "mean_success": report["mean_success"],
-        "pooled_ci95": list(wilson_interval(wins, n)),
+        "tasks": rows["tasks"], "mean_success": rows["mean_success"], "pooled_ci95": rows["pooled_ci95"],
         "eval_seeds": report["eval_seeds"],
     }
+
+
+def task_rows(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-task successes with their Wilson intervals (from the eval reports), the mean over tasks and the
+    pooled interval, over one report or several (one per task)."""
+    tasks = {task: {k: row[k] for k in ("successes", "episodes", "success_rate", "ci95")}
+             for report in reports for task, row in report["tasks"].items()}
+    wins, n = sum(r["successes"] for r in tasks.values()), sum(r["episodes"] for r in tasks.values())
+    return {"tasks": tasks, "mean_success": float(np.mean([r["success_rate"] for r in tasks.values()])),
+            "pooled_ci95": list(wilson_interval(wins, n)),
+            "eval_seconds": sum(r.get("wall_seconds") or 0 for r in reports)}
 
 
 def check_seeds(data: Path, tasks: list[str], episodes: int) -> dict[str, Any]:

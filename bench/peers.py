@@ -54,7 +54,6 @@ from mt_policy.checkpoint import load_checkpoint, read_manifest  # noqa: E402
 from mt_policy.demo_store import DemoStore, LoadedDemos  # noqa: E402
 from mt_policy.lerobot_io import KeyMap  # noqa: E402
 from mt_policy.schema import ACTION_KEY, PROPRIO_KEY, ObservationSchema, TaskSchema  # noqa: E402
-from sim.eval_report import wilson_interval  # noqa: E402
 from sim.evaluate import EVAL_JSON, evaluate  # noqa: E402
 from sim.lerobot_peer import PEER_FORMAT, PEER_FORMAT_VERSION, PEER_MANIFEST, LeRobotPeer  # noqa: E402
 from training.config import register_configs  # noqa: E402
@@ -440,20 +439,6 @@ def evaluate_once(path: Path, out_dir: Path, kind: str, args: argparse.Namespace
                     n_action_steps=n_action_steps, progress=False, max_steps=args.max_steps, kind=kind)
 
 
-def task_rows(reports: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per-task successes with Wilson intervals, the mean and the pooled interval over one or more reports."""
-    tasks = {}
-    for report in reports:
-        for task, row in report["tasks"].items():
-            lo, hi = wilson_interval(row["successes"], row["episodes"])
-            tasks[task] = {"successes": row["successes"], "episodes": row["episodes"],
-                           "success_rate": row["success_rate"], "ci95": [lo, hi]}
-    wins, n = sum(r["successes"] for r in tasks.values()), sum(r["episodes"] for r in tasks.values())
-    return {"tasks": tasks, "mean_success": float(np.mean([r["success_rate"] for r in tasks.values()])),
-            "pooled_ci95": list(wilson_interval(wins, n)),
-            "eval_seconds": sum(r.get("wall_seconds") or 0 for r in reports)}
-
-
 def run_ours(args: argparse.Namespace, data: Path) -> dict[str, Any]:
     steps = args.samples // args.batch_size
     last = args.work / OURS / "lerobot" / "checkpoints" / "last"
@@ -476,7 +461,7 @@ def run_ours(args: argparse.Namespace, data: Path) -> dict[str, Any]:
             "n_action_steps": args.n_action_steps, "batch_size": args.batch_size, "steps": steps,
             "train_samples": steps * args.batch_size, "train_seconds": prov["train_seconds"],
             "train_samples_per_s": steps * args.batch_size / prov["train_seconds"],
-            "latency_ms": latency} | task_rows([report])
+            "latency_ms": latency} | mt10.task_rows([report])
 
 
 def run_peer(peer: str, args: argparse.Namespace, demos: dict[str, LoadedDemos]) -> dict[str, Any]:
@@ -530,7 +515,7 @@ def _peer_row(name: str, peer: str, manifest: dict[str, Any], reports: list[dict
             "n_action_steps": manifest["n_action_steps"],
             "batch_size": prov["batch_size"], "steps": prov["steps"], "train_samples": prov["samples"],
             "train_seconds": prov["train_seconds"], "train_samples_per_s": prov["samples_per_s"],
-            "optimizer": prov["optimizer"], "scheduler": prov["scheduler"], "latency_ms": latency} | task_rows(reports)
+            "optimizer": prov["optimizer"], "scheduler": prov["scheduler"], "latency_ms": latency} | mt10.task_rows(reports)
 
 
 # ------------------------------------------------------------------------------------------- report
