@@ -27,12 +27,21 @@ __all__ = ["ModelConfig", "MultiTaskPolicy", "NormStats", "TaskEntry", "shared_o
 STD_FLOOR = 1e-2  # constant features (e.g. an unused gripper dim) must not blow up when normalised
 
 
+ENCODER_POOLS = ("spatial_softmax", "flatten")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture hyper-parameters (saved in every checkpoint)."""
 
     encoder_channels: tuple[int, ...] = (16, 32, 64, 64)
     """Conv widths per camera; the first layers run at full resolution and dominate the cost."""
+    encoder_strides: tuple[int, ...] | None = None
+    """Stride of each conv layer (default: 2 for all but the last). The spatial softmax locates objects on
+    the last map, so fewer stride-2 layers mean finer keypoints at a higher cost per layer."""
+    encoder_pool: str = "spatial_softmax"
+    """How a camera's last conv map becomes a vector: `spatial_softmax` (x, y of each channel's peak) or
+    `flatten` (every cell of the map through one linear layer: keeps small objects a softmax may miss)."""
     proprio_hidden: int = 64
     feature_dim: int = 256
     """Width of the fused feature that FiLM modulates."""
@@ -48,9 +57,16 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "encoder_channels", tuple(self.encoder_channels))
+        if self.encoder_strides is not None:
+            object.__setattr__(self, "encoder_strides", tuple(self.encoder_strides))
+            if len(self.encoder_strides) != len(self.encoder_channels) or min(self.encoder_strides) < 1:
+                raise ValueError(f"encoder_strides must give a positive stride per layer of encoder_channels "
+                                 f"{self.encoder_channels}, got {self.encoder_strides}")
         object.__setattr__(self, "trunk_dims", tuple(self.trunk_dims))
         if not self.encoder_channels or min(self.encoder_channels) < 1:
             raise ValueError(f"encoder_channels must be positive, got {self.encoder_channels}")
+        if self.encoder_pool not in ENCODER_POOLS:
+            raise ValueError(f"encoder_pool must be one of {list(ENCODER_POOLS)}, got {self.encoder_pool!r}")
         if self.action_chunk < 1 or self.feature_dim < 1 or self.task_embedding_dim < 1:
             raise ValueError("action_chunk, feature_dim and task_embedding_dim must be >= 1")
         if self.task_embedding_scale < 0 or self.random_shift < 0:
@@ -109,21 +125,28 @@ class SpatialSoftmax(nn.Module):
 
 
 class CameraEncoder(nn.Module):
-    def __init__(self, channels: tuple[int, ...], out_dim: int) -> None:
+    def __init__(self, channels: tuple[int, ...], out_dim: int, strides: tuple[int, ...] | None = None,
+                 pool: str = "spatial_softmax", image_size: tuple[int, int] = (96, 96)) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c_in = 3
-        for i, c_out in enumerate(channels):
-            stride = 2 if i < len(channels) - 1 else 1
+        strides = strides or tuple(2 if i < len(channels) - 1 else 1 for i in range(len(channels)))
+        for c_out, stride in zip(channels, strides, strict=True):
             # No normalisation layer: GroupNorm halved training throughput on 2 CPU cores for no gain here.
             layers += [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.ReLU()]
             c_in = c_out
         self.conv = nn.Sequential(*layers)
-        self.keypoints = SpatialSoftmax()
-        self.proj = nn.Linear(2 * c_in, out_dim)
+        if pool == "flatten":
+            with torch.no_grad():
+                cells = self.conv(torch.zeros(1, 3, *image_size)).numel()
+            self.pool: nn.Module = nn.Flatten()
+            self.proj = nn.Linear(cells, out_dim)
+        else:
+            self.pool = SpatialSoftmax()
+            self.proj = nn.Linear(2 * c_in, out_dim)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) normalised
-        return F.relu(self.proj(self.keypoints(self.conv(image))))
+        return F.relu(self.proj(self.pool(self.conv(image))))
 
 
 def random_shift(images: torch.Tensor, pad: int) -> torch.Tensor:
@@ -161,7 +184,9 @@ class MultiTaskPolicy(nn.Module):
         self.task_index = {name: i for i, name in enumerate(names)}
         n_tasks, p = len(self.tasks), self.observation.proprio_size
 
-        self.encoders = nn.ModuleDict({c.name: CameraEncoder(config.encoder_channels, config.feature_dim)
+        self.encoders = nn.ModuleDict({c.name: CameraEncoder(config.encoder_channels, config.feature_dim,
+                                                                 config.encoder_strides, config.encoder_pool,
+                                                                 (c.height, c.width))
                                        for c in self.observation.cameras})
         self.proprio_mlp = _mlp([p, config.proprio_hidden, config.feature_dim])
         self.fuse = nn.Linear(config.feature_dim * (len(self.encoders) + 1), config.feature_dim)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -124,6 +125,18 @@ def test_pixel_export_matches_pytorch_on_frames_from_a_demo_store(tmp_path):
     assert set(result.parity.errors["stored"]) == {"drawer-close-v3"}
     inputs = {i["name"]: i for i in result.manifest["inputs"]}
     assert inputs["corner2"] == {"name": "corner2", "shape": ["batch", 32, 32, 3], "dtype": "uint8"}
+
+
+def test_encoder_strides_survive_the_checkpoint_and_the_export(tmp_path):
+    import torch
+
+    model = random_policy(("drawer-close-v3",), PIXELS, dataclasses.replace(SMALL, encoder_strides=(1, 1)))
+    assert model.encoders["corner2"].conv(torch.zeros(1, 3, 32, 32)).shape[-2:] == (32, 32)  # default (2, 1): 16x16
+    ckpt = save_checkpoint(model, tmp_path / "ckpt")
+    assert load_checkpoint(ckpt)[0].config.encoder_strides == (1, 1)
+    assert export(ckpt, tmp_path / "export", log=lambda _: None).parity.ok
+    with pytest.raises(ValueError, match="encoder_strides"):
+        dataclasses.replace(SMALL, encoder_strides=(2,))
 
 
 def test_export_refuses_to_write_a_graph_that_fails_parity(tmp_path, monkeypatch):

@@ -53,6 +53,10 @@ class DataConfig:
 @dataclass
 class ModelCfg:
     encoder_channels: list[int] = field(default_factory=lambda: [16, 32, 64, 64])
+    encoder_strides: list[int] | None = None
+    """Conv stride per layer (default: 2 for all but the last); see `ModelConfig.encoder_strides`."""
+    encoder_pool: str = "spatial_softmax"
+    """spatial_softmax | flatten; see `ModelConfig.encoder_pool`."""
     proprio_hidden: int = 64
     feature_dim: int = 256
     task_embedding_dim: int = 32
