@@ -36,6 +36,9 @@ def _add_collect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=2, help="parallel rollout processes (default 2)")
     p.add_argument("--keep", choices=("success", "all"), default="success", help="which episodes to store (default success)")
     p.add_argument("--attempts-factor", type=float, default=3.0, help="give up on a task after this many attempts per missing demo")
+    p.add_argument("--action-noise", type=float, default=0.0,
+                   help="execute the expert's action plus Gaussian noise of this std (fraction of the action "
+                        "half-range) and store the clean action, so demos show recoveries (default 0: none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -212,7 +215,8 @@ def _run_collect(args: argparse.Namespace):
 
     tasks = _tasks_from_args(args)
     report = collect(tasks, args.episodes, args.out, _obs_from_args(args), workers=args.workers, keep=args.keep,
-                     attempts_factor=args.attempts_factor, progress=not args.no_progress)
+                     attempts_factor=args.attempts_factor, action_noise=args.action_noise,
+                     progress=not args.no_progress)
     print(f"\n{'task':32s} {'kept':>5s} {'rejected':>8s}  store")
     for name, path in report.stores.items():
         print(f"{name:32s} {report.kept[name]:5d} {report.rejected[name]:8d}  {path}")

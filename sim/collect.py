@@ -39,13 +39,20 @@ class RolloutResult:
         return len(self.arrays["action"])
 
 
-def rollout(env: Any, seed: int, max_steps: int) -> tuple[dict[str, np.ndarray], bool]:
+def rollout(env: Any, seed: int, max_steps: int, action_noise: float = 0.0) -> tuple[dict[str, np.ndarray], bool]:
     """Run the env's scripted expert from `reset(seed)` until success or `max_steps`.
 
-    Frame t holds the observation and the action taken from it; the episode ends on the step that
-    reports success (that action is the last frame).
+    Frame t holds the observation and the expert's action from it; the episode ends on the step that
+    reports success (that action is the last frame). With `action_noise` > 0 the env executes the
+    expert's action plus Gaussian noise of that standard deviation (a fraction of the action range's
+    half-width), clipped to the bounds, while the store keeps the clean expert action: the demos then
+    show how the expert recovers from the small errors a learned policy makes (DART, Laskey et al. 2017).
+    The noise is drawn from the episode seed, so a demo stays a function of (task, seed, noise).
     """
     obs = env.reset(seed)
+    action_schema = env.schema.action
+    low, high = np.asarray(action_schema.low), np.asarray(action_schema.high)
+    noise_rng = np.random.default_rng(seed) if action_noise > 0 else None
     frames: dict[str, list[np.ndarray]] = {key: [] for key in obs}
     frames["action"] = []
     success = False
@@ -54,6 +61,9 @@ def rollout(env: Any, seed: int, max_steps: int) -> tuple[dict[str, np.ndarray],
         for key, value in obs.items():
             frames[key].append(value)
         frames["action"].append(action)
+        if noise_rng is not None:
+            executed = action + noise_rng.normal(0.0, action_noise, action.shape) * (high - low) / 2
+            action = np.clip(executed, low, high).astype(np.float32)
         step = env.step(action)
         obs = step.obs
         if step.success:
@@ -67,14 +77,15 @@ def rollout(env: Any, seed: int, max_steps: int) -> tuple[dict[str, np.ndarray],
 _WORKER_ENVS: dict[tuple[str, ObservationConfig], Any] = {}
 
 
-def _worker_rollout(spec: TaskSpec, obs_config: ObservationConfig, seed: int, max_steps: int) -> RolloutResult:
+def _worker_rollout(spec: TaskSpec, obs_config: ObservationConfig, seed: int, max_steps: int,
+                    action_noise: float = 0.0) -> RolloutResult:
     # The spec travels whole (not by name): tasks registered at run time, e.g. from a suite file,
     # are unknown to a freshly spawned worker's registry.
     start = time.perf_counter()
     env = _WORKER_ENVS.get((spec.name, obs_config))
     if env is None:
         env = _WORKER_ENVS[(spec.name, obs_config)] = spec.make_env(obs_config)
-    arrays, success = rollout(env, seed, max_steps)
+    arrays, success = rollout(env, seed, max_steps, action_noise)
     return RolloutResult(spec.name, seed, success, arrays, time.perf_counter() - start)
 
 
@@ -131,21 +142,33 @@ def collect(
     keep: str = "success",
     attempts_factor: float = 3.0,
     max_steps: int | None = None,
+    action_noise: float = 0.0,
     progress: bool = True,
 ) -> CollectReport:
-    """Fill `out_dir/<task>.zarr` with `episodes` demos per task, resuming whatever is there."""
+    """Fill `out_dir/<task>.zarr` with `episodes` demos per task, resuming whatever is there.
+
+    `action_noise`: see `rollout`; a store remembers it, and appending with another value is refused.
+    """
     obs_config = obs_config or ObservationConfig()
     if keep not in KEEP_CHOICES:
         raise MtPolicyError(f"keep must be one of {KEEP_CHOICES}, got {keep!r}")
     if episodes < 1 or workers < 1:
         raise MtPolicyError(f"episodes and workers must be >= 1, got {episodes} and {workers}")
+    if not 0.0 <= action_noise <= 1.0:
+        raise MtPolicyError(f"action_noise is a fraction of the action range's half-width, 0..1; got {action_noise}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     states: dict[str, TaskProgress] = {}
     for spec in tasks:
         schema = spec.schema(obs_config)
         store = DemoStore.open_or_create(store_path(out_dir, spec.name), schema, spec.info(),
-                                         created_with={"collector": "mt-policy collect", "keep": keep})
+                                         created_with={"collector": "mt-policy collect", "keep": keep,
+                                                       "action_noise": action_noise})
+        was = store.created_with.get("action_noise", 0.0)
+        if was != action_noise:
+            store.close()
+            raise MtPolicyError(f"{store.path}: its demos were collected with action noise {was}, this run asks for "
+                                f"{action_noise}; use another --out or the same --action-noise")
         need = max(0, episodes - store.n_episodes)
         states[spec.name] = TaskProgress(spec, store, episodes, DEMO_SEEDS.unused(store.used_seeds),
                                          attempts_left=int(need * attempts_factor) + 2)
@@ -155,7 +178,7 @@ def collect(
     start = time.perf_counter()
     try:
         with sigterm_as_interrupt():
-            _run_pool(states, obs_config, workers, keep, max_steps, report, bar)
+            _run_pool(states, obs_config, workers, keep, max_steps, action_noise, report, bar)
     except KeyboardInterrupt:
         report.interrupted = True
     finally:
@@ -188,17 +211,18 @@ def _next_job(states: dict[str, TaskProgress], in_flight: dict[str, int], rr: de
 
 
 def _run_pool(states: dict[str, TaskProgress], obs_config: ObservationConfig, workers: int, keep: str,
-              max_steps: int | None, report: CollectReport, bar: Any) -> None:
+              max_steps: int | None, action_noise: float, report: CollectReport, bar: Any) -> None:
     rr = deque(states)
     in_flight: dict[str, int] = {}
 
-    def next_job() -> tuple[TaskSpec, ObservationConfig, int, int] | None:
+    def next_job() -> tuple[TaskSpec, ObservationConfig, int, int, float] | None:
         job = _next_job(states, in_flight, rr)
         if job is None:
             return None
         name, seed = job
         in_flight[name] = in_flight.get(name, 0) + 1
-        return states[name].spec, obs_config, seed, max_steps or states[name].store.schema.max_episode_steps
+        return (states[name].spec, obs_config, seed, max_steps or states[name].store.schema.max_episode_steps,
+                action_noise)
 
     def on_result(job: tuple, result: RolloutResult) -> None:
         in_flight[result.task] -= 1

@@ -173,3 +173,30 @@ def test_a_killed_worker_is_replaced_and_collection_finishes(tmp_path):
     for store in _stores(tmp_path).values():
         assert store.n_episodes == 5
         store.validate()
+
+
+def test_action_noise_perturbs_what_runs_but_stores_the_experts_clean_action(tmp_path):
+    import metaworld.policies
+    import numpy as np
+
+    from mt_policy.errors import MtPolicyError
+    from sim.collect import rollout
+    from sim.tasks import get_task
+
+    spec, config = get_task("reach-v3"), ObservationConfig(cameras=(), proprio="full_state")
+    env = spec.make_env(config)
+    clean, _ = rollout(env, 7, 40)
+    noisy, _ = rollout(env, 7, 40, action_noise=0.3)
+    again, _ = rollout(env, 7, 40, action_noise=0.3)
+    for key in noisy:
+        np.testing.assert_array_equal(noisy[key], again[key])  # the noise is a function of the seed
+    assert not np.allclose(noisy["obs/proprio"][5], clean["obs/proprio"][5])
+    expert = getattr(metaworld.policies, spec.expert)()
+    relabelled = np.stack([expert.get_action(state.astype(np.float64)) for state in noisy["obs/proprio"]])
+    np.testing.assert_allclose(noisy["action"], relabelled, atol=1e-5)
+    env.close()
+
+    collect([spec], 1, tmp_path, config, workers=1, action_noise=0.2, progress=False)
+    assert DemoStore.open(tmp_path / "reach-v3.zarr").created_with["action_noise"] == 0.2
+    with pytest.raises(MtPolicyError, match=r"reach-v3.zarr: its demos were collected with action noise 0.2"):
+        collect([spec], 2, tmp_path, config, workers=1, progress=False)
