@@ -188,8 +188,17 @@ def check_seeds(data: Path, tasks: list[str], episodes: int) -> dict[str, Any]:
             "overlap": 0}
 
 
-def markdown(runs: list[dict[str, Any]], seeds: dict[str, Any], command: str) -> str:
+def per_task_table(runs: list[dict[str, Any]], label: str, key: str) -> list[str]:
+    """Markdown rows of successes/episodes per task (columns: the first run's tasks; '-' where a run has none)."""
     tasks = list(runs[0]["tasks"])
+    lines = [f"| {label} | " + " | ".join(t.removesuffix("-v3") for t in tasks) + " |", "|---|" + "---:|" * len(tasks)]
+    for r in runs:
+        lines.append(f"| {r[key]} | " + " | ".join(
+            f"{r['tasks'][t]['successes']}/{r['tasks'][t]['episodes']}" if t in r["tasks"] else "-" for t in tasks) + " |")
+    return lines
+
+
+def markdown(runs: list[dict[str, Any]], seeds: dict[str, Any], command: str) -> str:
     lines = [f"Command: `{command}`", "",
              "| configuration | mean success | 95% CI (pooled) | params | train samples | samples/s | "
              "train min | eval min | train+eval min | peak RSS train (GiB) |",
@@ -201,11 +210,7 @@ def markdown(runs: list[dict[str, Any]], seeds: dict[str, Any], command: str) ->
                      f"{r['parameters'] or '-'} | {r['train_samples']:,} | {r['train_samples_per_s'] or 0:.0f} | "
                      f"{r['train_seconds'] / 60:.1f} | {r['eval_seconds'] / 60:.1f} | {r['train_plus_eval_minutes']:.1f} | "
                      f"{'-' if rss is None else format(rss, '.1f')} |")
-    lines += ["", "| configuration | " + " | ".join(t.removesuffix("-v3") for t in tasks) + " |",
-              "|---|" + "---:|" * len(tasks)]
-    for r in runs:
-        lines.append(f"| {r['config']} | " + " | ".join(
-            f"{r['tasks'][t]['successes']}/{r['tasks'][t]['episodes']}" for t in tasks) + " |")
+    lines += ["", *per_task_table(runs, "configuration", "config")]
     lines += ["", f"Demo seeds {seeds['demo_seeds_used'][0]}–{seeds['demo_seeds_used'][1]} (range "
               f"[{seeds['demo_seed_range'][0]}, {seeds['demo_seed_range'][1]})), evaluation seeds "
               f"{seeds['eval_seeds_used'][0]}–{seeds['eval_seeds_used'][1]} (range [{seeds['eval_seed_range'][0]}, "

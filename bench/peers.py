@@ -526,7 +526,6 @@ def _lat(row: dict[str, Any], key: str) -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     runs = result["runs"]
-    tasks = list(runs[0]["tasks"])
     lines = [f"Command: `{result['command']}`", "",
              "| model | mean success | 95% CI (pooled) | parameters | train samples | samples/s | actions per "
              "network call | LeRobot select_action p50 / p99 ms | our PyTorch p50 / p99 ms | our ONNX p50 / p99 ms |",
@@ -536,11 +535,7 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {r['model']} | {r['mean_success']:.1%} | {lo:.1%}–{hi:.1%} | {r['parameters']:,} | "
                      f"{r['train_samples']:,} | {r['train_samples_per_s']:.1f} | {r['n_action_steps']} | "
                      f"{_lat(r, 'lerobot_select_action')} | {_lat(r, 'pytorch_eager')} | {_lat(r, 'onnxruntime_cpu')} |")
-    lines += ["", "| model | " + " | ".join(t.removesuffix("-v3") for t in tasks) + " |",
-              "|---|" + "---:|" * len(tasks)]
-    for r in runs:
-        lines.append(f"| {r['model']} | " + " | ".join(
-            f"{r['tasks'][t]['successes']}/{r['tasks'][t]['episodes']}" if t in r["tasks"] else "-" for t in tasks) + " |")
+    lines += ["", *mt10.per_task_table(runs, "model", "model")]
     lines += ["", "Peer settings that differ from LeRobot's defaults:", ""]
     for r in runs:
         if "settings" in r and "/" not in r["model"]:
