@@ -169,10 +169,15 @@ def _random_obs(model: MultiTaskPolicy, name: str, n: int, rng: np.random.Genera
 
 
 def _stored_obs(store_path: Path, model: MultiTaskPolicy, name: str, n: int) -> dict[str, np.ndarray]:
-    """Up to `n` frames spread evenly over the store, checked against the checkpoint's schema."""
+    """Up to `n` frames spread evenly over the store, checked against the checkpoint's schema. A store may
+    hold more cameras than the policy reads (a run trained on `data.cameras`): only its cameras are read."""
     store = DemoStore.open(store_path)
     expected = model.tasks[model.task_index[name]].schema
-    if store.schema.observation != expected.observation:
+    try:
+        observed = store.schema.with_cameras(expected.observation.camera_names, where=str(store_path)).observation
+    except MtPolicyError as err:
+        raise ExportError(f"{err} (the checkpoint's task {name} reads {list(expected.observation.camera_names)})") from None
+    if observed != expected.observation:
         raise ExportError(f"{store_path}: observes {store.schema.observation}, but the checkpoint's task {name} "
                           f"was trained on {expected.observation}")
     if store.n_frames == 0:

@@ -127,6 +127,21 @@ def test_pixel_export_matches_pytorch_on_frames_from_a_demo_store(tmp_path):
     assert inputs["corner2"] == {"name": "corner2", "shape": ["batch", 32, 32, 3], "dtype": "uint8"}
 
 
+def test_parity_reads_only_the_policys_cameras_from_a_store_that_recorded_more(tmp_path):
+    two = dataclasses.replace(PIXELS, cameras=("corner2", "topview"))
+    store = collect([get_task("drawer-close-v3")], 1, tmp_path / "demos", two, workers=1, progress=False)
+    stores = list(store.stores.values())
+    # A run trained with data.cameras=[corner2] on this store: its frames check the export.
+    ckpt = save_checkpoint(_policy(("drawer-close-v3",), PIXELS), tmp_path / "ckpt")
+    result = export(ckpt, tmp_path / "export", demos=stores, log=lambda _: None)
+    assert result.parity.ok and result.parity.samples["stored"] > 0
+    # A policy reading a camera the store never recorded is refused, naming the store and the camera.
+    wrist = save_checkpoint(_policy(("drawer-close-v3",), dataclasses.replace(PIXELS, cameras=("gripperPOV",))),
+                            tmp_path / "wrist")
+    with pytest.raises(ExportError, match=r"drawer-close-v3.zarr: camera\(s\) \['gripperPOV'\] not recorded"):
+        export(wrist, tmp_path / "export-wrist", demos=stores, log=lambda _: None)
+
+
 def test_encoder_strides_survive_the_checkpoint_and_the_export(tmp_path):
     import torch
 
