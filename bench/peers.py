@@ -12,7 +12,8 @@ same evaluator, evaluation seeds and episode count, all from one run on one mach
   (observation and action delta indices, `action_is_pad`, Diffusion's `drop_n_last_frames`) from
   memory, shuffled over all frames as LeRobot's DataLoader does; no video is written or decoded.
 - Our policy: `training.trainer.Trainer` with bench/mt10.py's `lerobot` configuration (corner2 +
-  agent_pos, 96 px), trained on the same number of samples.
+  agent_pos, 96 px), trained on the same number of samples; `--batch-size 64,16` trains one per batch size
+  (at a small sample budget a smaller batch buys more optimizer steps) and reports every one of them.
 - Latency, batch 1, one thread, on the same random observation: LeRobot's `select_action` through the
   predictor the evaluator runs (preprocessor -> select_action -> postprocessor), with `reset()` before
   every timed call so that every call runs the network (otherwise most calls pop a queued action);
@@ -61,6 +62,7 @@ from training.config import register_configs  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 CAMERA, IMAGE_SIZE = "corner2", 96
 OURS = "ours"
+OUR_BATCH = 64  # bench/mt10.py's; other batch sizes get their own model name and run directory
 
 # LeRobot config fields that differ from LeRobot 0.4's defaults: name -> (value, why). A value of
 # CROP is 7/8 of the image side (84 px at 96 px). Everything not listed stays LeRobot's default.
@@ -98,7 +100,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=SAMPLES, help="training samples per model (same for all)")
     p.add_argument("--peers", default=",".join(PEER_SETTINGS), help=f"comma-separated, from {list(PEER_SETTINGS)}")
     p.add_argument("--per-task", action="store_true", help="also one peer model per task (SAMPLES/T samples each)")
-    p.add_argument("--batch-size", type=int, default=64, help="our policy's batch (bench/mt10.py's)")
+    p.add_argument("--batch-size", default=str(OUR_BATCH),
+                   help="our policy's batch (bench/mt10.py's); comma-separated: one of ours per batch size, same samples")
     p.add_argument("--peer-batch-size", type=int, default=8, help="the peers' batch (lerobot-train's default)")
     p.add_argument("--n-action-steps", type=int, default=4, help="our policy: actions executed per chunk in eval")
     p.add_argument("--workers", type=int, default=2, help="collection and evaluation processes")
@@ -439,26 +442,32 @@ def evaluate_once(path: Path, out_dir: Path, kind: str, args: argparse.Namespace
                     n_action_steps=n_action_steps, progress=False, max_steps=args.max_steps, kind=kind)
 
 
-def run_ours(args: argparse.Namespace, data: Path) -> dict[str, Any]:
-    steps = args.samples // args.batch_size
-    last = args.work / OURS / "lerobot" / "checkpoints" / "last"
+def ours_name(batch: int) -> str:
+    return OURS if batch == OUR_BATCH else f"{OURS}_b{batch}"
+
+
+def run_ours(args: argparse.Namespace, data: Path, batch: int) -> dict[str, Any]:
+    steps = args.samples // batch
+    name = ours_name(batch)
+    last = args.work / name / "lerobot" / "checkpoints" / "last"
     if last.exists() and read_manifest(last)["provenance"]["config"]["train"]["steps"] != steps:
         raise SystemExit(f"{last} was trained for another number of samples; remove {last.parent.parent} or "
                          f"use another --work")
     extra = [f"data.max_episodes={args.demos}"] + ([f"train.threads={args.threads}"] if args.threads else [])
-    ns = argparse.Namespace(work=args.work / OURS, steps=steps, batch_size=args.batch_size, seed=args.seed, set=extra)
+    ns = argparse.Namespace(work=args.work / name, steps=steps, batch_size=batch, seed=args.seed, set=extra)
     checkpoint, figures = mt10.train("lerobot", ns, data)
     fresh = figures["peak_rss_gib"] is not None  # trained (at least partly) by this invocation
-    run_dir = args.work / OURS
+    run_dir = args.work / name
     latency = cached_latency(run_dir, lambda: ours_latency(checkpoint, args.latency_calls, args.latency_warmup),
                              args.latency_calls, args.latency_warmup, fresh)
     report = evaluate_once(checkpoint, run_dir / "eval", "checkpoint", args, fresh, n_action_steps=args.n_action_steps)
     prov = read_manifest(checkpoint)["provenance"]
     model = load_checkpoint(checkpoint)[0]
-    return {"model": OURS, "description": "our policy, bench/mt10.py's `lerobot` configuration (corner2 + agent_pos)",
+    return {"model": name, "description": f"our policy, bench/mt10.py's `lerobot` configuration (corner2 + agent_pos), "
+                                          f"batch {batch}",
             "path": str(checkpoint), "overrides": mt10.overrides("lerobot", ns, data),
             "parameters": sum(p.numel() for p in model.parameters()), "action_chunk": model.config.action_chunk,
-            "n_action_steps": args.n_action_steps, "batch_size": args.batch_size, "steps": steps,
+            "n_action_steps": args.n_action_steps, "batch_size": batch, "steps": steps,
             "train_samples": steps * args.batch_size, "train_seconds": prov["train_seconds"],
             "train_samples_per_s": steps * args.batch_size / prov["train_seconds"],
             "latency_ms": latency} | mt10.task_rows([report])
@@ -554,24 +563,27 @@ def _fmt(value: Any) -> str:
 
 
 def goal_lines(runs: list[dict[str, Any]]) -> list[str]:
-    ours = next((r for r in runs if r["model"] == OURS), None)
-    peers = [r for r in runs if r["model"] != OURS]
-    if ours is None or not peers:
+    mine = [r for r in runs if r["model"] == OURS or r["model"].startswith(f"{OURS}_b")]
+    peers = [r for r in runs if r not in mine]
+    if not mine or not peers:
         return []
     best = max(peers, key=lambda r: r["mean_success"])
-    ort = ours["latency_ms"]["onnxruntime_cpu"]["p50_ms"]
     peer_p50 = best["latency_ms"]["lerobot_select_action"]["p50_ms"]
 
     def verdict(ok: bool) -> str:
         return "**met**" if ok else "**not met**"
 
-    return [f"Best peer by mean success: {best['model']} ({best['mean_success']:.1%}).",
-            f"- mean success >= best peer's: {verdict(ours['mean_success'] >= best['mean_success'])} "
-            f"({ours['mean_success']:.1%} vs {best['mean_success']:.1%})",
-            f"- >= 5x lower latency (our ONNX p50 vs its select_action p50): {verdict(peer_p50 >= 5 * ort)} "
-            f"({ort:.2f} vs {peer_p50:.2f} ms, {peer_p50 / ort:.1f}x)",
-            f"- fewer parameters: {verdict(ours['parameters'] < best['parameters'])} "
-            f"({ours['parameters']:,} vs {best['parameters']:,})"]
+    lines = [f"Best peer by mean success: {best['model']} ({best['mean_success']:.1%})."]
+    for ours in mine:  # every batch size is reported; none is picked after the fact
+        ort = ours["latency_ms"]["onnxruntime_cpu"]["p50_ms"]
+        lines += [f"{ours['model']} (batch {ours['batch_size']}):",
+                  f"- mean success >= best peer's: {verdict(ours['mean_success'] >= best['mean_success'])} "
+                  f"({ours['mean_success']:.1%} vs {best['mean_success']:.1%})",
+                  f"- >= 5x lower latency (our ONNX p50 vs its select_action p50): {verdict(peer_p50 >= 5 * ort)} "
+                  f"({ort:.2f} vs {peer_p50:.2f} ms, {peer_p50 / ort:.1f}x)",
+                  f"- fewer parameters: {verdict(ours['parameters'] < best['parameters'])} "
+                  f"({ours['parameters']:,} vs {best['parameters']:,})"]
+    return lines
 
 
 def machine() -> dict[str, Any]:
@@ -583,6 +595,11 @@ def machine() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        batches = [int(b) for b in args.batch_size.split(",") if b]
+    except ValueError:
+        print(f"--batch-size {args.batch_size!r}: expected comma-separated integers", file=sys.stderr)
+        return 2
     peers = [p for p in args.peers.split(",") if p]
     unknown = [p for p in peers if p not in PEER_SETTINGS]
     if unknown:
@@ -592,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tasks = [t.name for t in get_suite("mt10")]
     per_task = args.samples // len(tasks)
-    if args.samples % args.batch_size or args.samples % args.peer_batch_size or \
+    if any(args.samples % b for b in batches) or args.samples % args.peer_batch_size or \
             (args.per_task and per_task % args.peer_batch_size):
         print(f"--samples {args.samples} must be a multiple of --batch-size and --peer-batch-size"
               + (" (and SAMPLES/10 of --peer-batch-size with --per-task)" if args.per_task else ""), file=sys.stderr)
@@ -601,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     data = collect_demos(args)
     register_configs()
     seeds = mt10.check_seeds(data, tasks, args.episodes)
-    runs = [run_ours(args, data)]
+    runs = [run_ours(args, data, batch) for batch in batches]
     demos = load_demos(data, tasks, args.demos)
     suite_rows = {peer: run_peer(peer, args, demos) for peer in peers}
     runs += list(suite_rows.values())
