@@ -468,8 +468,8 @@ def run_ours(args: argparse.Namespace, data: Path, batch: int) -> dict[str, Any]
             "path": str(checkpoint), "overrides": mt10.overrides("lerobot", ns, data),
             "parameters": sum(p.numel() for p in model.parameters()), "action_chunk": model.config.action_chunk,
             "n_action_steps": args.n_action_steps, "batch_size": batch, "steps": steps,
-            "train_samples": steps * args.batch_size, "train_seconds": prov["train_seconds"],
-            "train_samples_per_s": steps * args.batch_size / prov["train_seconds"],
+            "train_samples": steps * batch, "train_seconds": prov["train_seconds"],
+            "train_samples_per_s": steps * batch / prov["train_seconds"],
             "latency_ms": latency} | mt10.task_rows([report])
 
 
