@@ -13,12 +13,16 @@ EXTRAS ?= ros,lerobot,dev$(shell command -v nvidia-smi >/dev/null 2>&1 && echo ,
 APT_PACKAGES := libegl1 libgl1-mesa-dri libegl-mesa0 libosmesa6
 # The ROS 2 package (Python module mt_policy_ros), installed editable so the serve node runs without colcon.
 ROS_PKG := ros2_ws/src/mt_policy
+# A fresh .venv takes about 10 GB (torch 2.10 with its CUDA libraries is 7 GB of it). Checking first
+# turns pip's late "No space left on device" into a message that says what is needed.
+SETUP_MIN_FREE_GB ?= 11
 
-.PHONY: setup system-deps demo test lint bench clean
+.PHONY: setup system-deps disk-check demo test lint bench clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml $(ROS_PKG)/setup.py
+	@$(MAKE) --no-print-directory disk-check
 	@$(MAKE) --no-print-directory system-deps
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -33,6 +37,18 @@ system-deps:
 	  echo "installing Debian packages for headless rendering: $$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# Only a fresh .venv is checked: updating an existing one needs little more space.
+disk-check:
+	@if [ ! -x $(BIN)/python ]; then \
+	  free_kb=$$(df -Pk . | awk 'NR==2 {print $$4}'); \
+	  if [ "$$free_kb" -lt $$(( $(SETUP_MIN_FREE_GB) * 1024 * 1024 )) ]; then \
+	    echo "setup: a fresh $(VENV) needs about $(SETUP_MIN_FREE_GB) GB free on the disk holding $(CURDIR)," \
+	         "but only $$(( free_kb / 1024 / 1024 )) GB is free. Free some space, or run with" \
+	         "SETUP_MIN_FREE_GB=0 to try anyway." >&2; \
+	    exit 1; \
+	  fi; \
 	fi
 
 demo: setup
