@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runtime provider for --onnx (default cpu: one thread per worker)")
     p.add_argument("--tasks", help="comma-separated subset of the checkpoint's tasks (default all)")
     p.add_argument("--episodes", type=int, default=10, help="episodes per task, on the first eval seeds (default 10)")
+    p.add_argument("--first-episode", type=int, default=0, metavar="K",
+                   help="start at the K-th eval seed instead of the first: tune on a slice (say K=1000) that the "
+                        "reported first episodes never see (default 0)")
     p.add_argument("--workers", type=int, default=2, help="parallel rollout processes (default 2)")
     p.add_argument("--out", type=Path, help="output directory (default CHECKPOINT-eval or DIR-eval beside it; "
                                             "DIR-eval-ros with --over-ros)")
@@ -391,13 +394,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
             report = _import_ros("eval_over_ros").evaluate_over_ros(
                 policy, out, tasks=args.tasks, episodes=args.episodes, n_action_steps=args.n_action_steps,
                 max_steps=args.max_steps, provider=args.provider, temporal_ensemble=args.temporal_ensemble,
-                progress=not args.no_progress, suite_file=args.suite_file)
+                progress=not args.no_progress, suite_file=args.suite_file, first_episode=args.first_episode)
         else:
             report = evaluate(policy, out, onnx_provider=args.provider if args.onnx else None,
                               kind="lerobot" if args.lerobot else None, tasks=args.tasks,
                               episodes=args.episodes, workers=args.workers, videos=args.videos,
                               n_action_steps=args.n_action_steps, temporal_ensemble=args.temporal_ensemble,
-                              progress=not args.no_progress, suite_file=args.suite_file, max_steps=args.max_steps)
+                              progress=not args.no_progress, suite_file=args.suite_file, max_steps=args.max_steps,
+                              first_episode=args.first_episode)
     except KeyboardInterrupt:
         print("interrupted: no eval results written", file=sys.stderr)
         return 130

@@ -277,8 +277,12 @@ class EvalPlan:
 
 def plan_evaluation(source: PolicySource, tasks: str | list[str] | None, episodes: int, n_action_steps: int | None,
                     temporal_ensemble: float | None, suite_file: str | Path | None,
-                    max_steps: int | None) -> EvalPlan:
-    """Every check an evaluation makes before the first rollout (shared by sim eval and eval over ROS)."""
+                    max_steps: int | None, first_episode: int = 0) -> EvalPlan:
+    """Every check an evaluation makes before the first rollout (shared by sim eval and eval over ROS).
+
+    Episode i runs on evaluation seed `first_episode + i`: a later slice of the range lets a user tune
+    settings on seeds that the reported (first) ones never see.
+    """
     info = _policy_info(source)
     chunk = info.action_chunk
     what = _KIND_NAMES[source.kind]
@@ -293,7 +297,9 @@ def plan_evaluation(source: PolicySource, tasks: str | list[str] | None, episode
     entries = _select_tasks(info, tasks, source.kind)
     obs_config = observation_config(info.observation)
     specs = {e.name: registry_spec(e, obs_config, suite_file) for e in entries}
-    seeds = [EVAL_SEEDS.seed(i) for i in range(episodes)]
+    if first_episode < 0:
+        raise EvalError(f"first_episode must be >= 0, got {first_episode}")
+    seeds = [EVAL_SEEDS.seed(first_episode + i) for i in range(episodes)]
     _check_demo_seeds(info.provenance, list(specs), seeds)
     limits = {e.name: min(max_steps or e.schema.max_episode_steps, e.schema.max_episode_steps) for e in entries}
     return EvalPlan(info, entries, obs_config, specs, seeds, limits)
@@ -313,8 +319,11 @@ def evaluate(
     max_steps: int | None = None,
     onnx_provider: str | None = None,
     kind: str | None = None,
+    first_episode: int = 0,
 ) -> dict[str, Any]:
     """Evaluate every task of `checkpoint` (or the `tasks` subset) on `episodes` eval seeds; return eval.json.
+
+    The seeds are the evaluation range's first ones, or from its `first_episode`-th on.
 
     `kind` says what `checkpoint` is (`POLICY_KINDS`); by default a checkpoint, or with `onnx_provider` an
     export directory run by `PolicyRuntime` on that provider. `kind="lerobot"`: a LeRobot policy directory
@@ -331,7 +340,8 @@ def evaluate(
                         f"onnx_provider {onnx_provider!r}")
     checkpoint = Path(checkpoint).resolve()
     source = PolicySource(str(checkpoint), kind, onnx_provider or "cpu")
-    plan = plan_evaluation(source, tasks, episodes, n_action_steps, temporal_ensemble, suite_file, max_steps)
+    plan = plan_evaluation(source, tasks, episodes, n_action_steps, temporal_ensemble, suite_file, max_steps,
+                           first_episode)
     info, entries, obs_config, specs, seeds, limits = (plan.info, plan.entries, plan.obs_config, plan.specs,
                                                        plan.seeds, plan.limits)
     chunk = info.action_chunk

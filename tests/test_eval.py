@@ -137,6 +137,24 @@ def test_eval_seeds_that_were_demo_seeds_are_refused(tmp_path):
     assert not (tmp_path / "out" / "eval.json").exists()
 
 
+def test_cli_first_episode_runs_a_later_slice_of_the_eval_seeds(tiny_checkpoint, tmp_path):
+    out = tmp_path / "val"
+    assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--tasks", "reach-v3", "--episodes", "2",
+                 "--first-episode", "3", "--workers", "1", "--videos", "0", "--max-steps", "5",
+                 "--out", str(out), "--no-progress"]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert report["eval_seeds"] == {"first": EVAL_SEEDS.seed(3), "count": 2}
+
+
+def test_a_later_slice_is_still_checked_against_the_demo_seeds(tmp_path):
+    ckpt = _checkpoint(tmp_path / "ckpt", [_entry(n) for n in TASKS], {"demo_seeds": {"reach-v3": [EVAL_SEEDS.seed(4)]}})
+    with pytest.raises(EvalError, match=rf"reach-v3: evaluation seeds overlap demo seeds: \[{EVAL_SEEDS.seed(4)}\]"):
+        evaluate(ckpt, tmp_path / "out", episodes=2, first_episode=3, progress=False)
+    with pytest.raises(EvalError, match="first_episode must be >= 0, got -1"):
+        evaluate(ckpt, tmp_path / "out", first_episode=-1, progress=False)
+    assert not (tmp_path / "out" / "eval.json").exists()
+
+
 def test_bad_n_action_steps_is_refused_before_any_rollout(tiny_checkpoint, tmp_path):
     with pytest.raises(EvalError, match=r"n_action_steps must be in \[1, 4\]"):
         evaluate(tiny_checkpoint, tmp_path, n_action_steps=5, progress=False)

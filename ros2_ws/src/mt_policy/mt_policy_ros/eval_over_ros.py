@@ -148,6 +148,7 @@ def evaluate_over_ros(
     suite_file: str | Path | None = None,
     startup_timeout_s: float = STARTUP_TIMEOUT_S,
     on_episode: Callable[[EpisodeOutcome, np.ndarray], None] | None = None,
+    first_episode: int = 0,
 ) -> dict[str, Any]:
     """Evaluate an export's tasks over ROS on `episodes` eval seeds; write and return eval.json.
 
@@ -159,7 +160,7 @@ def evaluate_over_ros(
         raise EvalError(f"need episodes >= 1, max_steps >= 1, timeout_s > 0; got {episodes}, {max_steps}, {timeout_s}")
     export_dir = Path(export_dir).resolve()
     plan = plan_evaluation(PolicySource(str(export_dir), "onnx", provider), tasks, episodes, n_action_steps,
-                           temporal_ensemble, suite_file, max_steps)
+                           temporal_ensemble, suite_file, max_steps, first_episode)
     info, entries, specs, seeds, limits = plan.info, plan.entries, plan.specs, plan.seeds, plan.limits
     chunk = info.action_chunk
 
