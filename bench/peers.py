@@ -446,6 +446,11 @@ def ours_name(batch: int) -> str:
     return OURS if batch == OUR_BATCH else f"{OURS}_b{batch}"
 
 
+def is_ours(model: str) -> bool:
+    """Whether a result row is one of ours (named by `ours_name`) rather than a peer's."""
+    return model == OURS or model.startswith(f"{OURS}_b")
+
+
 def run_ours(args: argparse.Namespace, data: Path, batch: int) -> dict[str, Any]:
     steps = args.samples // batch
     name = ours_name(batch)
@@ -563,7 +568,7 @@ def _fmt(value: Any) -> str:
 
 
 def goal_lines(runs: list[dict[str, Any]]) -> list[str]:
-    mine = [r for r in runs if r["model"] == OURS or r["model"].startswith(f"{OURS}_b")]
+    mine = [r for r in runs if is_ours(r["model"])]
     peers = [r for r in runs if r not in mine]
     if not mine or not peers:
         return []
