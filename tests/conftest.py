@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import numpy as np
 import pytest
 
@@ -21,6 +23,13 @@ def tiny_schema() -> TaskSchema:
 @pytest.fixture
 def tiny_task() -> TaskInfo:
     return TaskInfo("toy-v0", "a toy task for tests", "toy/Env-v0", "toy 1.0", "easy")
+
+
+def sigint_as_at_a_terminal() -> None:
+    """`preexec_fn` for a child a test will Ctrl-C: SIGINT back to its default, so Python raises
+    KeyboardInterrupt. A runner started in the background (`cmd &` without job control) has SIGINT ignored,
+    children inherit that, and the signal the test sends would then do nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def make_episode(schema: TaskSchema, length: int, rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_episode
+from conftest import make_episode, sigint_as_at_a_terminal
 from hydra import compose, initialize_config_dir
 
 from mt_policy.checkpoint import load_checkpoint, load_extra
@@ -236,7 +236,7 @@ def test_interrupted_add_task_leaves_the_source_untouched_and_resumes(source, st
             "--demos", str(stores["drawer-open-v3"]), "--out", str(out), "--init-from", "drawer-close-v3",
             "--steps", "1200", "--batch-size", "16", "--eval-episodes", "0", "--no-progress"]
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env=os.environ | {"OMP_NUM_THREADS": "1"})
+                               env=os.environ | {"OMP_NUM_THREADS": "1"}, preexec_fn=sigint_as_at_a_terminal)
     deadline = time.monotonic() + 120
     while not (out.with_name("grown.partial") / "add_task_state.json").exists():
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0]

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import sigint_as_at_a_terminal
 
 from mt_policy.demo_store import DemoStore
 from mt_policy.errors import StoreError
@@ -124,7 +125,7 @@ def test_cli_collect_then_inspect_validate(tmp_path):
 def _start_collect(out: Path, episodes: int) -> subprocess.Popen:
     return subprocess.Popen(CLI + ["collect", "--suite", "mt3", "--episodes", str(episodes), "--out", str(out)]
                             + SMALL_ARGS, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=sigint_as_at_a_terminal)
 
 
 def test_sigkill_mid_run_leaves_valid_stores_and_a_rerun_completes(tmp_path):

@@ -157,7 +157,7 @@ def test_observation_in_action_out_equals_the_runtime(harness, exported):
         assert np.abs(chunk - action).max(axis=1).min() < 1e-5
     rate = (len(h.actions) - 1) / (h.actions[-1][0] - h.actions[0][0])
     assert 15 <= rate <= 25, rate
-    assert h.close() == 0  # SIGTERM: clean exit
+    assert h.close() == 0, h.log.read_text()[-3000:]  # SIGTERM: clean exit
 
 
 def test_task_switch_at_run_time_and_unknown_task_rejected(harness, exported):
