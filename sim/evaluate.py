@@ -297,8 +297,10 @@ def plan_evaluation(source: PolicySource, tasks: str | list[str] | None, episode
     entries = _select_tasks(info, tasks, source.kind)
     obs_config = observation_config(info.observation)
     specs = {e.name: registry_spec(e, obs_config, suite_file) for e in entries}
-    if first_episode < 0:
-        raise EvalError(f"first_episode must be >= 0, got {first_episode}")
+    available = EVAL_SEEDS.stop - EVAL_SEEDS.start
+    if not 0 <= first_episode <= available - episodes:
+        raise EvalError(f"first_episode must be in [0, {available - episodes}] for {episodes} episodes "
+                        f"({available} evaluation seeds), got {first_episode}")
     seeds = [EVAL_SEEDS.seed(first_episode + i) for i in range(episodes)]
     _check_demo_seeds(info.provenance, list(specs), seeds)
     limits = {e.name: min(max_steps or e.schema.max_episode_steps, e.schema.max_episode_steps) for e in entries}

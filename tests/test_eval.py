@@ -150,8 +150,10 @@ def test_a_later_slice_is_still_checked_against_the_demo_seeds(tmp_path):
     ckpt = _checkpoint(tmp_path / "ckpt", [_entry(n) for n in TASKS], {"demo_seeds": {"reach-v3": [EVAL_SEEDS.seed(4)]}})
     with pytest.raises(EvalError, match=rf"reach-v3: evaluation seeds overlap demo seeds: \[{EVAL_SEEDS.seed(4)}\]"):
         evaluate(ckpt, tmp_path / "out", episodes=2, first_episode=3, progress=False)
-    with pytest.raises(EvalError, match="first_episode must be >= 0, got -1"):
-        evaluate(ckpt, tmp_path / "out", first_episode=-1, progress=False)
+    with pytest.raises(EvalError, match=r"first_episode must be in \[0, 999998\] for 2 episodes .*got -1"):
+        evaluate(ckpt, tmp_path / "out", episodes=2, first_episode=-1, progress=False)
+    with pytest.raises(EvalError, match=r"first_episode must be in \[0, 999998\] for 2 episodes .*got 999999"):
+        evaluate(ckpt, tmp_path / "out", episodes=2, first_episode=999_999, progress=False)
     assert not (tmp_path / "out" / "eval.json").exists()
 
 
