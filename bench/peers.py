@@ -104,6 +104,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="our policy's batch (bench/mt10.py's); comma-separated: one of ours per batch size, same samples")
     p.add_argument("--peer-batch-size", type=int, default=8, help="the peers' batch (lerobot-train's default)")
     p.add_argument("--n-action-steps", type=int, default=4, help="our policy: actions executed per chunk in eval")
+    p.add_argument("--ours-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a training override for our policy (repeatable), e.g. model.random_shift=0; "
+                        "recorded in the results")
     p.add_argument("--workers", type=int, default=2, help="collection and evaluation processes")
     p.add_argument("--threads", type=int, default=0, help="torch threads for training (0: all cores)")
     p.add_argument("--latency-calls", type=int, default=1000)
@@ -451,6 +454,13 @@ def is_ours(model: str) -> bool:
     return model == OURS or model.startswith(f"{OURS}_b")
 
 
+def ours_namespace(args: argparse.Namespace, batch: int) -> argparse.Namespace:
+    """bench/mt10.py's training arguments for our model at `batch`, with `--ours-set` last (it wins)."""
+    extra = [f"data.max_episodes={args.demos}"] + ([f"train.threads={args.threads}"] if args.threads else [])
+    return argparse.Namespace(work=args.work / ours_name(batch), steps=args.samples // batch, batch_size=batch,
+                              seed=args.seed, set=extra + args.ours_set)
+
+
 def run_ours(args: argparse.Namespace, data: Path, batch: int) -> dict[str, Any]:
     steps = args.samples // batch
     name = ours_name(batch)
@@ -458,8 +468,7 @@ def run_ours(args: argparse.Namespace, data: Path, batch: int) -> dict[str, Any]
     if last.exists() and read_manifest(last)["provenance"]["config"]["train"]["steps"] != steps:
         raise SystemExit(f"{last} was trained for another number of samples; remove {last.parent.parent} or "
                          f"use another --work")
-    extra = [f"data.max_episodes={args.demos}"] + ([f"train.threads={args.threads}"] if args.threads else [])
-    ns = argparse.Namespace(work=args.work / name, steps=steps, batch_size=batch, seed=args.seed, set=extra)
+    ns = ours_namespace(args, batch)
     checkpoint, figures = mt10.train("lerobot", ns, data)
     fresh = figures["peak_rss_gib"] is not None  # trained (at least partly) by this invocation
     run_dir = args.work / name
@@ -468,9 +477,10 @@ def run_ours(args: argparse.Namespace, data: Path, batch: int) -> dict[str, Any]
     report = evaluate_once(checkpoint, run_dir / "eval", "checkpoint", args, fresh, n_action_steps=args.n_action_steps)
     prov = read_manifest(checkpoint)["provenance"]
     model = load_checkpoint(checkpoint)[0]
+    changed = f", with {' '.join(args.ours_set)}" if args.ours_set else ""
     return {"model": name, "description": f"our policy, bench/mt10.py's `lerobot` configuration (corner2 + agent_pos), "
-                                          f"batch {batch}",
-            "path": str(checkpoint), "overrides": mt10.overrides("lerobot", ns, data),
+                                          f"batch {batch}{changed}",
+            "path": str(checkpoint), "overrides": mt10.overrides("lerobot", ns, data), "ours_set": args.ours_set,
             "parameters": sum(p.numel() for p in model.parameters()), "action_chunk": model.config.action_chunk,
             "n_action_steps": args.n_action_steps, "batch_size": batch, "steps": steps,
             "train_samples": steps * batch, "train_seconds": prov["train_seconds"],
@@ -559,6 +569,10 @@ def markdown(result: dict[str, Any]) -> str:
                     f"defaults ({r['parameters_at_lerobot_defaults'] / r['parameters']:.1f}x)."
                     if r.get("parameters_at_lerobot_defaults") else "")
             lines.append(f"- {r['model']}: {changed}.{size}")
+    ours_changed = [r for r in runs if r.get("ours_set")]
+    if ours_changed:
+        lines += ["", "Our settings beyond bench/mt10.py's `lerobot` configuration (`--ours-set`):", ""]
+        lines += [f"- {r['model']}: {' '.join(f'`{o}`' for o in r['ours_set'])}" for r in ours_changed]
     lines += ["", *goal_lines(runs)]
     return "\n".join(lines) + "\n"
 

@@ -130,3 +130,26 @@ def test_eval_runs_a_lerobot_peer_in_metaworld_and_resets_it_every_episode(peers
     monkeypatch.setattr(peer.policy, "reset", lambda: (left_at_reset.append(len(_queue(peer))), original()))
     assert _worker_episode(job).outcome.steps == 3
     assert left_at_reset == [1]
+
+
+def test_ours_set_reaches_our_training_config_and_the_report(peers, tmp_path):
+    from hydra import compose, initialize_config_module
+
+    from training.config import register_configs
+
+    register_configs()
+    mt10 = peers.mt10  # bench/mt10.py, as peers.py imported it
+    args = peers.parse_args(["--samples", "640", "--batch-size", "64", "--work", str(tmp_path),
+                             "--ours-set", "model.random_shift=0", "--ours-set", "optim.lr=0.003"])
+    ns = peers.ours_namespace(args, 64)
+    with initialize_config_module(config_module="training.conf", version_base="1.3"):
+        cfg = compose("train", overrides=mt10.overrides("lerobot", ns, tmp_path))
+    assert (cfg.model.random_shift, cfg.optim.lr, cfg.train.steps, cfg.train.batch_size) == (0, 0.003, 10, 64)
+    assert cfg.data.cameras == ["corner2"] and cfg.data.max_episodes == args.demos  # still mt10's `lerobot` run
+
+    row = {"model": "ours", "ours_set": args.ours_set, "pooled_ci95": (0.1, 0.3), "mean_success": 0.2,
+           "parameters": 1, "train_samples": 640, "train_samples_per_s": 1.0, "n_action_steps": 4,
+           "latency_ms": {"onnxruntime_cpu": {"p50_ms": 0.3, "p99_ms": 0.5}}, "tasks": {}, "batch_size": 64}
+    md = peers.markdown({"command": "python bench/peers.py", "runs": [row]})
+    assert "- ours: `model.random_shift=0` `optim.lr=0.003`" in md
+    assert "--ours-set" not in peers.markdown({"command": "x", "runs": [row | {"ours_set": []}]})
