@@ -431,13 +431,20 @@ def cached_latency(run_dir: Path, measure, calls: int, warmup: int, fresh: bool)
 
 
 # ------------------------------------------------------------------------------------------- runs
+def evaluated_alike(report: dict[str, Any], path: Path, kind: str, args: argparse.Namespace,
+                    n_action_steps: int | None) -> bool:
+    """Whether an earlier eval.json evaluated this model as this invocation would (so it can be reused)."""
+    wanted_steps = 1 if kind == "lerobot" else n_action_steps  # LeRobot peers: one action per call, queue inside
+    return (report["episodes_per_task"], report["checkpoint"], report["max_steps"], report["n_action_steps"]) == \
+        (args.episodes, str(path.resolve()), args.max_steps, wanted_steps)
+
+
 def evaluate_once(path: Path, out_dir: Path, kind: str, args: argparse.Namespace, fresh: bool,
                   tasks: list[str] | None = None, n_action_steps: int | None = None) -> dict[str, Any]:
     previous = out_dir / EVAL_JSON
     if previous.is_file() and not fresh:
         report = json.loads(previous.read_text())
-        if (report["episodes_per_task"], report["checkpoint"], report["max_steps"]) == \
-                (args.episodes, str(path.resolve()), args.max_steps):
+        if evaluated_alike(report, path, kind, args, n_action_steps):
             print(f"evaluation finished earlier: {previous}", flush=True)
             return report
     print(f"evaluating {path} ({kind}): {args.episodes} episodes per task", flush=True)

@@ -153,3 +153,16 @@ def test_ours_set_reaches_our_training_config_and_the_report(peers, tmp_path):
     md = peers.markdown({"command": "python bench/peers.py", "runs": [row]})
     assert "- ours: `model.random_shift=0` `optim.lr=0.003`" in md
     assert "--ours-set" not in peers.markdown({"command": "x", "runs": [row | {"ours_set": []}]})
+
+
+def test_an_earlier_evaluation_is_reused_only_when_it_ran_the_same_way(peers, tmp_path):
+    args = peers.parse_args(["--episodes", "10"])
+    ours = tmp_path / "ours" / "checkpoints" / "last"
+    earlier = {"episodes_per_task": 10, "checkpoint": str(ours.resolve()), "max_steps": None, "n_action_steps": 4}
+    assert peers.evaluated_alike(earlier, ours, "checkpoint", args, n_action_steps=4)
+    assert not peers.evaluated_alike(earlier, ours, "checkpoint", args, n_action_steps=8)
+    assert not peers.evaluated_alike(earlier, ours, "checkpoint", peers.parse_args(["--episodes", "50"]), 4)
+    assert not peers.evaluated_alike(earlier, tmp_path / "other", "checkpoint", args, 4)
+    peer = tmp_path / "act" / "policy"  # LeRobot peers run one action per call whatever our setting is
+    assert peers.evaluated_alike(earlier | {"checkpoint": str(peer.resolve()), "n_action_steps": 1}, peer, "lerobot",
+                                 args, n_action_steps=None)
