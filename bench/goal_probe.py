@@ -100,7 +100,7 @@ def probe(store: Path, variant: str, frames: str, steps: int, episodes: int, see
         env.reset(seed=int(loaded.episodes["seed"][k]))
         offsets.append(np.asarray(env._env._target_pos) - target[starts[k]].numpy())
     offset = np.mean(offsets, axis=0)
-    for s in (EVAL_SEEDS.seed(i) for i in range(episodes)):  # the evaluator's seeds
+    for s in EVAL_SEEDS.take(episodes):  # the evaluator's seeds
         obs = env.reset(seed=s)
         x = torch.as_tensor(obs["obs/corner2"])[None].permute(0, 3, 1, 2).float()
         new_errors.append(float(np.linalg.norm(predict(x)[0].numpy() - (np.asarray(env._env._target_pos) - offset))))

@@ -179,7 +179,7 @@ def task_rows(reports: list[dict[str, Any]]) -> dict[str, Any]:
 def check_seeds(data: Path, tasks: list[str], episodes: int) -> dict[str, Any]:
     """The demo seeds in the stores vs the evaluation seeds: disjoint, or this raises."""
     demo = {t: DemoStore.open(data / f"{t}.zarr").episode_table()["seed"].tolist() for t in tasks}
-    eval_seeds = [EVAL_SEEDS.seed(i) for i in range(episodes)]
+    eval_seeds = EVAL_SEEDS.take(episodes)  # the evaluator's
     for seeds in demo.values():
         check_disjoint(seeds, eval_seeds)
     all_demo = [s for seeds in demo.values() for s in seeds]

@@ -31,6 +31,14 @@ class SeedRange:
             raise IndexError(f"{self.name} seed index {index} outside [0, {self.stop - self.start})")
         return self.start + index
 
+    def take(self, count: int, first: int = 0) -> list[int]:
+        """`count` consecutive seeds of this range from its `first`-th on; ValueError naming the allowed start."""
+        size = self.stop - self.start
+        if count < 1 or not 0 <= first <= size - count:
+            raise ValueError(f"{self.name} seeds: first must be in [0, {size - count}] for {count} seeds "
+                             f"({size} in the range), got {first}")
+        return list(range(self.start + first, self.start + first + count))
+
     def unused(self, used: Iterable[int]) -> Iterator[int]:
         """Seeds of this range in increasing order, skipping `used` ones (fills gaps first)."""
         taken = set(used)

@@ -297,11 +297,12 @@ def plan_evaluation(source: PolicySource, tasks: str | list[str] | None, episode
     entries = _select_tasks(info, tasks, source.kind)
     obs_config = observation_config(info.observation)
     specs = {e.name: registry_spec(e, obs_config, suite_file) for e in entries}
-    available = EVAL_SEEDS.stop - EVAL_SEEDS.start
-    if not 0 <= first_episode <= available - episodes:
+    try:
+        seeds = EVAL_SEEDS.take(episodes, first_episode)
+    except ValueError:
+        available = EVAL_SEEDS.stop - EVAL_SEEDS.start
         raise EvalError(f"first_episode must be in [0, {available - episodes}] for {episodes} episodes "
-                        f"({available} evaluation seeds), got {first_episode}")
-    seeds = [EVAL_SEEDS.seed(first_episode + i) for i in range(episodes)]
+                        f"({available} evaluation seeds), got {first_episode}") from None
     _check_demo_seeds(info.provenance, list(specs), seeds)
     limits = {e.name: min(max_steps or e.schema.max_episode_steps, e.schema.max_episode_steps) for e in entries}
     return EvalPlan(info, entries, obs_config, specs, seeds, limits)

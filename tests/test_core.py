@@ -59,6 +59,16 @@ def test_demo_and_eval_seeds_are_disjoint():
     assert DEMO_SEEDS.stop <= EVAL_SEEDS.start
     assert list(DEMO_SEEDS.unused([0, 2]))[:3] == [1, 3, 4]
     check_disjoint([1, 2, 3], [EVAL_SEEDS.seed(0), EVAL_SEEDS.seed(1)])
+
+
+def test_a_slice_of_a_seed_range_stays_inside_it():
+    assert EVAL_SEEDS.take(3) == [EVAL_SEEDS.start, EVAL_SEEDS.start + 1, EVAL_SEEDS.start + 2]
+    assert EVAL_SEEDS.take(2, first=1000) == [EVAL_SEEDS.seed(1000), EVAL_SEEDS.seed(1001)]
+    size = EVAL_SEEDS.stop - EVAL_SEEDS.start
+    assert EVAL_SEEDS.take(2, first=size - 2)[-1] == EVAL_SEEDS.stop - 1
+    for count, first in ((2, size - 1), (1, -1), (0, 0)):
+        with pytest.raises(ValueError, match=rf"eval seeds: first must be in \[0, {size - count}\] .*got {first}"):
+            EVAL_SEEDS.take(count, first)
     with pytest.raises(ValueError, match="overlap"):
         check_disjoint([1, 2, 3], [3, 4])
 
