@@ -469,16 +469,14 @@ def ours_namespace(args: argparse.Namespace, batch: int) -> argparse.Namespace:
 
 
 def run_ours(args: argparse.Namespace, data: Path, batch: int) -> dict[str, Any]:
-    steps = args.samples // batch
-    name = ours_name(batch)
-    last = args.work / name / "lerobot" / "checkpoints" / "last"
+    ns = ours_namespace(args, batch)
+    name, steps, run_dir = ours_name(batch), ns.steps, ns.work
+    last = run_dir / "lerobot" / "checkpoints" / "last"
     if last.exists() and read_manifest(last)["provenance"]["config"]["train"]["steps"] != steps:
         raise SystemExit(f"{last} was trained for another number of samples; remove {last.parent.parent} or "
                          f"use another --work")
-    ns = ours_namespace(args, batch)
     checkpoint, figures = mt10.train("lerobot", ns, data)
     fresh = figures["peak_rss_gib"] is not None  # trained (at least partly) by this invocation
-    run_dir = args.work / name
     latency = cached_latency(run_dir, lambda: ours_latency(checkpoint, args.latency_calls, args.latency_warmup),
                              args.latency_calls, args.latency_warmup, fresh)
     report = evaluate_once(checkpoint, run_dir / "eval", "checkpoint", args, fresh, n_action_steps=args.n_action_steps)
