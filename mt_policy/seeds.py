@@ -22,21 +22,23 @@ class SeedRange:
         if not 0 <= self.start < self.stop:
             raise ValueError(f"seed range {self.name}: need 0 <= start < stop, got {self.start}, {self.stop}")
 
+    def __len__(self) -> int:
+        return self.stop - self.start
+
     def __contains__(self, seed: object) -> bool:
         return isinstance(seed, int) and self.start <= seed < self.stop
 
     def seed(self, index: int) -> int:
         """The `index`-th seed of this range."""
-        if not 0 <= index < self.stop - self.start:
-            raise IndexError(f"{self.name} seed index {index} outside [0, {self.stop - self.start})")
+        if not 0 <= index < len(self):
+            raise IndexError(f"{self.name} seed index {index} outside [0, {len(self)})")
         return self.start + index
 
     def take(self, count: int, first: int = 0) -> list[int]:
         """`count` consecutive seeds of this range from its `first`-th on; ValueError naming the allowed start."""
-        size = self.stop - self.start
-        if count < 1 or not 0 <= first <= size - count:
-            raise ValueError(f"{self.name} seeds: first must be in [0, {size - count}] for {count} seeds "
-                             f"({size} in the range), got {first}")
+        if count < 1 or not 0 <= first <= len(self) - count:
+            raise ValueError(f"{self.name} seeds: first must be in [0, {len(self) - count}] for {count} seeds "
+                             f"({len(self)} in the range), got {first}")
         return list(range(self.start + first, self.start + first + count))
 
     def unused(self, used: Iterable[int]) -> Iterator[int]:

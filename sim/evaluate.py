@@ -300,9 +300,8 @@ def plan_evaluation(source: PolicySource, tasks: str | list[str] | None, episode
     try:
         seeds = EVAL_SEEDS.take(episodes, first_episode)
     except ValueError:
-        available = EVAL_SEEDS.stop - EVAL_SEEDS.start
-        raise EvalError(f"first_episode must be in [0, {available - episodes}] for {episodes} episodes "
-                        f"({available} evaluation seeds), got {first_episode}") from None
+        raise EvalError(f"first_episode must be in [0, {len(EVAL_SEEDS) - episodes}] for {episodes} episodes "
+                        f"({len(EVAL_SEEDS)} evaluation seeds), got {first_episode}") from None
     _check_demo_seeds(info.provenance, list(specs), seeds)
     limits = {e.name: min(max_steps or e.schema.max_episode_steps, e.schema.max_episode_steps) for e in entries}
     return EvalPlan(info, entries, obs_config, specs, seeds, limits)

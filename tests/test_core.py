@@ -64,7 +64,8 @@ def test_demo_and_eval_seeds_are_disjoint():
 def test_a_slice_of_a_seed_range_stays_inside_it():
     assert EVAL_SEEDS.take(3) == [EVAL_SEEDS.start, EVAL_SEEDS.start + 1, EVAL_SEEDS.start + 2]
     assert EVAL_SEEDS.take(2, first=1000) == [EVAL_SEEDS.seed(1000), EVAL_SEEDS.seed(1001)]
-    size = EVAL_SEEDS.stop - EVAL_SEEDS.start
+    size = len(EVAL_SEEDS)
+    assert size == EVAL_SEEDS.stop - EVAL_SEEDS.start
     assert EVAL_SEEDS.take(2, first=size - 2)[-1] == EVAL_SEEDS.stop - 1
     for count, first in ((2, size - 1), (1, -1), (0, 0)):
         with pytest.raises(ValueError, match=rf"eval seeds: first must be in \[0, {size - count}\] .*got {first}"):
