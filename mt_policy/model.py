@@ -28,6 +28,8 @@ STD_FLOOR = 1e-2  # constant features (e.g. an unused gripper dim) must not blow
 
 
 ENCODER_POOLS = ("spatial_softmax", "flatten")
+ENCODER_NORMS = ("none", "group")
+GROUP_NORM_CHANNELS = 8  # channels per GroupNorm group
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,10 @@ class ModelConfig:
     encoder_pool: str = "spatial_softmax"
     """How a camera's last conv map becomes a vector: `spatial_softmax` (x, y of each channel's peak) or
     `flatten` (every cell of the map through one linear layer: keeps small objects a softmax may miss)."""
+    encoder_norm: str = "none"
+    """Normalisation after each conv: `none`, or `group` (GroupNorm, 8 channels a group). `none` is the default:
+    GroupNorm makes the CNN's forward + backward about 1.7x slower on 2 CPU cores and measured no better per
+    sample (bench/RESULTS.md, the peers section)."""
     proprio_hidden: int = 64
     feature_dim: int = 256
     """Width of the fused feature that FiLM modulates."""
@@ -67,6 +73,8 @@ class ModelConfig:
             raise ValueError(f"encoder_channels must be positive, got {self.encoder_channels}")
         if self.encoder_pool not in ENCODER_POOLS:
             raise ValueError(f"encoder_pool must be one of {list(ENCODER_POOLS)}, got {self.encoder_pool!r}")
+        if self.encoder_norm not in ENCODER_NORMS:
+            raise ValueError(f"encoder_norm must be one of {list(ENCODER_NORMS)}, got {self.encoder_norm!r}")
         if self.action_chunk < 1 or self.feature_dim < 1 or self.task_embedding_dim < 1:
             raise ValueError("action_chunk, feature_dim and task_embedding_dim must be >= 1")
         if self.task_embedding_scale < 0 or self.random_shift < 0:
@@ -126,14 +134,16 @@ class SpatialSoftmax(nn.Module):
 
 class CameraEncoder(nn.Module):
     def __init__(self, channels: tuple[int, ...], out_dim: int, strides: tuple[int, ...] | None = None,
-                 pool: str = "spatial_softmax", image_size: tuple[int, int] = (96, 96)) -> None:
+                 pool: str = "spatial_softmax", image_size: tuple[int, int] = (96, 96), norm: str = "none") -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c_in = 3
         strides = strides or tuple(2 if i < len(channels) - 1 else 1 for i in range(len(channels)))
         for c_out, stride in zip(channels, strides, strict=True):
-            # No normalisation layer: GroupNorm halved training throughput on 2 CPU cores for no gain here.
-            layers += [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.ReLU()]
+            layers.append(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1))
+            if norm == "group":
+                layers.append(nn.GroupNorm(max(1, c_out // GROUP_NORM_CHANNELS), c_out))
+            layers.append(nn.ReLU())
             c_in = c_out
         self.conv = nn.Sequential(*layers)
         if pool == "flatten":
@@ -186,7 +196,7 @@ class MultiTaskPolicy(nn.Module):
 
         self.encoders = nn.ModuleDict({c.name: CameraEncoder(config.encoder_channels, config.feature_dim,
                                                                  config.encoder_strides, config.encoder_pool,
-                                                                 (c.height, c.width))
+                                                                 (c.height, c.width), config.encoder_norm)
                                        for c in self.observation.cameras})
         self.proprio_mlp = _mlp([p, config.proprio_hidden, config.feature_dim])
         self.fuse = nn.Linear(config.feature_dim * (len(self.encoders) + 1), config.feature_dim)

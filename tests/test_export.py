@@ -154,6 +154,19 @@ def test_encoder_strides_survive_the_checkpoint_and_the_export(tmp_path):
         dataclasses.replace(SMALL, encoder_strides=(2,))
 
 
+def test_a_group_normalised_encoder_survives_the_checkpoint_and_the_export(tmp_path):
+    import torch
+
+    model = random_policy(("drawer-close-v3",), PIXELS, dataclasses.replace(SMALL, encoder_norm="group"))
+    norms = [m for m in model.encoders["corner2"].conv if isinstance(m, torch.nn.GroupNorm)]
+    assert [(n.num_groups, n.num_channels) for n in norms] == [(1, 8), (2, 16)]  # 8 channels a group
+    ckpt = save_checkpoint(model, tmp_path / "ckpt")
+    assert load_checkpoint(ckpt)[0].config.encoder_norm == "group"
+    assert export(ckpt, tmp_path / "export", log=lambda _: None).parity.ok
+    with pytest.raises(ValueError, match=r"encoder_norm must be one of \['none', 'group'\], got 'batch'"):
+        dataclasses.replace(SMALL, encoder_norm="batch")
+
+
 def test_export_refuses_to_write_a_graph_that_fails_parity(tmp_path, monkeypatch):
     import deploy.onnx_export as onnx_export
 

@@ -57,6 +57,8 @@ class ModelCfg:
     """Conv stride per layer (default: 2 for all but the last); see `ModelConfig.encoder_strides`."""
     encoder_pool: str = "spatial_softmax"
     """spatial_softmax | flatten; see `ModelConfig.encoder_pool`."""
+    encoder_norm: str = "none"
+    """none | group (GroupNorm after each conv); see `ModelConfig.encoder_norm`."""
     proprio_hidden: int = 64
     feature_dim: int = 256
     task_embedding_dim: int = 32
