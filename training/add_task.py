@@ -34,6 +34,7 @@ from mt_policy.progress import progress_bar
 from mt_policy.sampler import WindowSampler, WindowSpec
 from training.data import MultiTaskBatcher
 from training.rehearsal import RehearsalBuffer
+from training.resume_state import restore_training_state, training_state
 from training.trainer import REHEARSAL, cosine_lr, ema_update, task_losses
 
 STRATEGIES = ("rehearsal", "frozen", "finetune")
@@ -301,13 +302,9 @@ def _options_record(opts: AddTaskOptions, p: Plan) -> dict[str, Any]:
 
 def _save_partial(partial: Path, opts: AddTaskOptions, policy: MultiTaskPolicy, model: MultiTaskPolicy,
                   optimizer: torch.optim.Optimizer, rng: np.random.Generator, step: int, seconds: float, p: Plan) -> None:
-    state = optimizer.state_dict()
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    for idx, s in state["state"].items():
-        tensors |= {f"optim.{idx}.{k}": torch.as_tensor(v) for k, v in s.items()}
-    tensors["torch_rng"] = torch.get_rng_state()
+    tensors, optim_fields = training_state(model, optimizer)
     meta = {"options": _options_record(opts, p), "step": step, "seconds": seconds, "numpy_rng": rng.bit_generator.state,
-            "param_groups": state["param_groups"], "optim_keys": {str(i): list(s) for i, s in state["state"].items()}}
+            **optim_fields}
     save_checkpoint(policy, partial, {"add_task_in_progress": True}, extra_tensors={"resume": tensors},
                     extra_files={STATE_FILE: json.dumps(meta)})
 
@@ -321,12 +318,9 @@ def _resume(partial: Path, opts: AddTaskOptions, model: MultiTaskPolicy, ema: Mu
     tensors = load_extra(partial, "resume")
     if tensors is None or meta["options"]["strategy"] != opts.strategy or meta["options"]["task"] != opts.task:
         raise AddTaskError(f"{partial} holds another add-task run ({meta['options']}); remove it to start over")
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    restore_training_state(tensors, meta, model, optimizer)
     if ema is not None:
         ema.load_state_dict(load_file(str(partial / WEIGHTS)))
-    optim_state = {int(i): {k: tensors[f"optim.{i}.{k}"] for k in keys} for i, keys in meta["optim_keys"].items()}
-    optimizer.load_state_dict({"state": optim_state, "param_groups": meta["param_groups"]})
-    torch.set_rng_state(tensors["torch_rng"])
     rng.bit_generator.state = meta["numpy_rng"]
     return int(meta["step"]), float(meta["seconds"])
 

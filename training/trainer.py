@@ -36,6 +36,7 @@ from training.config import ResolvedTask, resolve_tasks, validate
 from training.conflicts import conflict_metrics, task_gradients
 from training.data import Batch, MultiTaskBatcher, task_probabilities
 from training.rehearsal import RehearsalBuffer
+from training.resume_state import restore_training_state, training_state
 
 LAST = "last"
 REHEARSAL = "rehearsal"  # <checkpoint>/rehearsal.safetensors
@@ -253,17 +254,13 @@ class Trainer:
         }
 
     def save(self, name: str = LAST) -> Path:
-        optim = self.optimizer.state_dict()
-        tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors, optim_fields = training_state(self.model, self.optimizer)
         tensors |= {f"balancer.{k}": v for k, v in self.balancer.state_dict().items()}
-        for idx, state in optim["state"].items():
-            tensors |= {f"optim.{idx}.{k}": torch.as_tensor(v) for k, v in state.items()}
-        tensors["torch_rng"] = torch.get_rng_state()
         if self._rehearsal is None:  # drawn once, with its own seed: it never changes the training batches
             self._rehearsal = RehearsalBuffer.from_demos(self.demos, self.cfg.train.rehearsal_per_task,
                                                          self.model.config.action_chunk, self.cfg.train.seed)
         state = {"step": self.step, "train_seconds": self.train_seconds, "numpy_rng": self.rng.bit_generator.state,
-                 "param_groups": optim["param_groups"], "optim_keys": {str(i): list(s) for i, s in optim["state"].items()}}
+                 **optim_fields}
         path = save_checkpoint(self.policy, self.run_dir / "checkpoints" / name, self.provenance(),
                                extra_tensors={"resume": tensors, REHEARSAL: self._rehearsal.to_tensors()},
                                extra_files={STATE_FILE: json.dumps(state)})
@@ -275,13 +272,10 @@ class Trainer:
         if tensors is None or not state_file.is_file():
             raise MtPolicyError(f"{path}: no resume state (resume.safetensors + {STATE_FILE}); cannot resume from it")
         state = json.loads(state_file.read_text())
-        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        restore_training_state(tensors, state, self.model, self.optimizer)
         self.balancer.load_state_dict({k[9:]: v for k, v in tensors.items() if k.startswith("balancer.")})
         if self.ema is not None:
             self.ema.load_state_dict(load_file(str(path / WEIGHTS)))
-        optim_state = {int(i): {k: tensors[f"optim.{i}.{k}"] for k in keys} for i, keys in state["optim_keys"].items()}
-        self.optimizer.load_state_dict({"state": optim_state, "param_groups": state["param_groups"]})
-        torch.set_rng_state(tensors["torch_rng"])
         self.step = int(state["step"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
         if self.world == 1:
