@@ -16,6 +16,7 @@ from typing import Any
 
 from mt_policy.errors import MtPolicyError, SchemaError, unknown_name
 from mt_policy.schema import CameraSpec, ObservationSchema, TaskEntry, TaskInfo, TaskSchema
+from mt_policy.versioned_json import read_versioned_json
 
 EXPORT_FORMAT = "mt_policy.export"
 EXPORT_FORMAT_VERSION = 1
@@ -84,17 +85,8 @@ def read_export(path: str | Path) -> ExportedPolicy:
     if not manifest_path.is_file():
         raise ExportError(f"{path}: not an exported policy (no {MANIFEST} in {directory}); "
                           f"create one with `mt-policy export --checkpoint CKPT --out DIR`")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ExportError(f"{manifest_path}: not valid JSON ({err})") from None
-    if manifest.get("format") != EXPORT_FORMAT:
-        hint = " (that is a training checkpoint: export it first)" if manifest.get("format") == "mt_policy.checkpoint" else ""
-        raise ExportError(f"{manifest_path}: 'format' is {manifest.get('format')!r}, expected {EXPORT_FORMAT!r}{hint}")
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > EXPORT_FORMAT_VERSION:
-        raise ExportError(f"{manifest_path}: format_version {version!r} is newer than this mt_policy reads "
-                          f"({EXPORT_FORMAT_VERSION}); upgrade mt_policy")
+    manifest = read_versioned_json(manifest_path, EXPORT_FORMAT, EXPORT_FORMAT_VERSION, ExportError,
+                                   {"mt_policy.checkpoint": " (that is a training checkpoint: export it first)"})
     try:
         tasks = tuple(
             TaskEntry(TaskInfo.from_dict(t), TaskSchema.from_dict(t["schema"], where=f"{manifest_path}: task {t['name']}"))

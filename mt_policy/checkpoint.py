@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from mt_policy.errors import MtPolicyError
 from mt_policy.model import ModelConfig, MultiTaskPolicy, TaskEntry
 from mt_policy.schema import TaskInfo, TaskSchema
+from mt_policy.versioned_json import read_versioned_json
 
 FORMAT = "mt_policy.checkpoint"
 FORMAT_VERSION = 1
@@ -90,17 +91,8 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise CheckpointError(f"{path}: not a checkpoint (no {MANIFEST})")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{manifest_path}: not valid JSON ({err})") from None
-    if manifest.get("format") != FORMAT:
-        raise CheckpointError(f"{manifest_path}: 'format' is {manifest.get('format')!r}, expected {FORMAT!r}")
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(f"{manifest_path}: format_version {version!r} is newer than this mt_policy reads "
-                              f"({FORMAT_VERSION}); upgrade mt_policy")
-    return manifest
+    return read_versioned_json(manifest_path, FORMAT, FORMAT_VERSION, CheckpointError,
+                               {"mt_policy.export": " (that is an exported policy, not a training checkpoint)"})
 
 
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[MultiTaskPolicy, dict[str, Any]]:

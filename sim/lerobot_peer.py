@@ -7,7 +7,6 @@ feature, provenance with the demo seeds). LeRobot is imported only when a peer i
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from mt_policy.schema import PROPRIO_KEY, TaskEntry, TaskInfo, TaskSchema
+from mt_policy.versioned_json import read_versioned_json
 from sim.evaluate import EvalError
 
 PEER_MANIFEST = "mt_policy_peer.json"
@@ -28,14 +28,7 @@ def read_peer_manifest(path: str | Path) -> dict[str, Any]:
     file = Path(path) / PEER_MANIFEST
     if not file.is_file():
         raise EvalError(f"{path}: not a LeRobot policy directory (no {PEER_MANIFEST}); bench/peers.py writes them")
-    try:
-        manifest = json.loads(file.read_text())
-    except json.JSONDecodeError as err:
-        raise EvalError(f"{file}: not valid JSON ({err})") from None
-    version = manifest.get("format_version")
-    if manifest.get("format") != PEER_FORMAT or not isinstance(version, int) or version > PEER_FORMAT_VERSION:
-        raise EvalError(f"{file}: format {manifest.get('format')!r} version {version!r}, expected {PEER_FORMAT!r} "
-                        f"<= {PEER_FORMAT_VERSION}")
+    manifest = read_versioned_json(file, PEER_FORMAT, PEER_FORMAT_VERSION, EvalError)
     missing = [k for k in ("policy_type", "tasks", "observation", "keys") if k not in manifest]
     if missing:
         raise EvalError(f"{file}: malformed (missing {missing})")
