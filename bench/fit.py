@@ -1,0 +1,103 @@
+"""How well do checkpoints fit their demos? Mean L1 on one fixed set of training windows.
+
+A run's logged training loss is one batch per logging step, drawn by the run's own random stream, so two
+runs (or two steps of one run) are scored on different samples. This scores every checkpoint on the same
+windows: `--batches` task-balanced batches of `--batch-size`, drawn once with `--seed` from the stores,
+each checkpoint's evaluation weights (the EMA when it kept one) in eval mode (no augmentation), the
+training loss itself (masked L1 on normalised action chunks), averaged per task, then over tasks.
+
+    .venv/bin/python bench/fit.py --data runs/bench_mt10/demos --demos 50 RUN/checkpoints/last OTHER/checkpoints/last
+
+Every checkpoint must serve the same tasks from the same cameras with the same action chunk (otherwise
+their losses are not comparable). Prints a table; writes `--out` (default bench/results/fit.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mt_policy.checkpoint import load_checkpoint, read_manifest
+from mt_policy.demo_store import DemoStore
+from mt_policy.errors import MtPolicyError
+from training.data import Batch, MultiTaskBatcher
+from training.trainer import task_losses
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoints", nargs="+", type=Path, help="checkpoint directories (e.g. RUN/checkpoints/last)")
+    p.add_argument("--data", type=Path, required=True, help="directory holding <task>.zarr for every task")
+    p.add_argument("--demos", type=int, default=None, help="use the first N demos of each store (default all)")
+    p.add_argument("--batches", type=int, default=40)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=123)
+    p.add_argument("--out", type=Path, default=RESULTS / "fit.json")
+    return p.parse_args(argv)
+
+
+def fixed_batches(models: list[Any], data: Path, args: argparse.Namespace) -> list[Batch]:
+    first = models[0]
+    signature = lambda m: (list(m.task_index), m.observation.camera_names, m.config.action_chunk)  # noqa: E731
+    for path, model in zip(args.checkpoints[1:], models[1:], strict=True):
+        if signature(model) != signature(first):
+            raise SystemExit(f"{path}: serves tasks/cameras/chunk {signature(model)}, but {args.checkpoints[0]} "
+                             f"serves {signature(first)}; their losses are not comparable")
+    demos = {}
+    for task in first.task_index:
+        store = data / f"{task}.zarr"
+        if not store.exists():
+            raise SystemExit(f"{store}: no store for task {task!r} (the checkpoints serve {list(first.task_index)})")
+        demos[task] = DemoStore.open(store).load(cameras=list(first.observation.camera_names))
+    tasks = list(first.task_index)
+    batcher = MultiTaskBatcher(demos, first.task_index, np.full(len(tasks), 1.0 / len(tasks)),
+                               first.config.action_chunk, first.observation.proprio_size,
+                               max_episodes={t: args.demos for t in tasks})
+    rng = np.random.default_rng(args.seed)
+    return [batcher.sample(rng, args.batch_size) for _ in range(args.batches)]
+
+
+def fit(model: Any, batches: list[Batch]) -> dict[str, float]:
+    per_task: dict[str, list[float]] = {}
+    with torch.no_grad():
+        for batch in batches:
+            for task, loss in task_losses(model, batch)[0].items():
+                per_task.setdefault(task, []).append(float(loss))
+    return {task: float(np.mean(values)) for task, values in per_task.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        models = [load_checkpoint(path)[0].eval() for path in args.checkpoints]
+    except MtPolicyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    batches = fixed_batches(models, args.data, args)
+    rows = []
+    print(f"{'checkpoint':<60} {'train samples':>13} {'mean L1':>8}")
+    for path, model in zip(args.checkpoints, models, strict=True):
+        train = read_manifest(path).get("provenance", {}).get("config", {}).get("train", {})
+        samples = train["steps"] * train["batch_size"] if "steps" in train else None
+        per_task = fit(model, batches)
+        rows.append({"checkpoint": str(path), "train_samples": samples, "mean_l1": float(np.mean(list(per_task.values()))),
+                     "per_task_l1": per_task})
+        print(f"{str(path):<60} {samples if samples is not None else '-':>13} {rows[-1]['mean_l1']:>8.4f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"command": "python bench/fit.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                                    "windows": args.batches * args.batch_size, "seed": args.seed, "demos": args.demos,
+                                    "runs": rows}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""bench/fit.py: checkpoints scored on one fixed set of training windows, so a longer run scores lower."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from test_training import run_config, stores  # noqa: F401  (the fixture)
+
+from training.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def fit_bench():
+    spec = importlib.util.spec_from_file_location("bench_fit", ROOT / "bench" / "fit.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _trained(stores, tmp_path, name, steps, **extra):  # noqa: F811
+    cfg = run_config(stores, **{"train.steps": steps, "train.batch_size": 32, "train.checkpoint_every": 1000,
+                                "optim.lr": 3e-3, **extra})
+    return Trainer(cfg, tmp_path / name).fit()
+
+
+def test_a_longer_run_fits_better_on_the_same_windows(fit_bench, stores, tmp_path, capsys):  # noqa: F811
+    short, long = _trained(stores, tmp_path, "short", 2), _trained(stores, tmp_path, "long", 120)
+    out = tmp_path / "fit.json"
+    assert fit_bench.main([str(short), str(long), str(short), "--data", str(stores), "--batches", "5",
+                           "--out", str(out)]) == 0
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["train_samples"] for r in runs] == [64, 3840, 64]
+    assert set(runs[0]["per_task_l1"]) == {"four", "two"}
+    assert runs[2] == runs[0]  # the same windows for every checkpoint: one checkpoint scores the same twice
+    assert runs[1]["mean_l1"] < 0.8 * runs[0]["mean_l1"]
+    assert "mean L1" in capsys.readouterr().out
+
+
+def test_checkpoints_that_cannot_be_compared_are_refused(fit_bench, stores, tmp_path):  # noqa: F811
+    four_chunk = _trained(stores, tmp_path, "chunk4", 2)
+    two_chunk = _trained(stores, tmp_path, "chunk2", 2, **{"model.action_chunk": 2})
+    with pytest.raises(SystemExit, match=r"chunk2/checkpoints/last: serves tasks/cameras/chunk .* 2\), but .* not comparable"):
+        fit_bench.main([str(four_chunk), str(two_chunk), "--data", str(stores), "--out", str(tmp_path / "f.json")])
+    (stores / "two.zarr").rename(stores / "moved.zarr")
+    with pytest.raises(SystemExit, match=r"two.zarr: no store for task 'two'"):
+        fit_bench.main([str(four_chunk), "--data", str(stores), "--out", str(tmp_path / "f.json")])
