@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mt_policy.checkpoint import load_checkpoint, read_manifest
+from mt_policy.checkpoint import load_checkpoint
 from mt_policy.demo_store import DemoStore
 from mt_policy.errors import MtPolicyError
 from training.data import Batch, MultiTaskBatcher
@@ -44,9 +44,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def signature(model: Any) -> tuple[list[str], tuple[str, ...], int]:
+    """What two checkpoints must share for their losses to be comparable: tasks, cameras, action chunk."""
+    return list(model.task_index), tuple(model.observation.camera_names), model.config.action_chunk
+
+
 def fixed_batches(models: list[Any], data: Path, args: argparse.Namespace) -> list[Batch]:
     first = models[0]
-    signature = lambda m: (list(m.task_index), m.observation.camera_names, m.config.action_chunk)  # noqa: E731
     for path, model in zip(args.checkpoints[1:], models[1:], strict=True):
         if signature(model) != signature(first):
             raise SystemExit(f"{path}: serves tasks/cameras/chunk {signature(model)}, but {args.checkpoints[0]} "
@@ -77,15 +81,16 @@ def fit(model: Any, batches: list[Batch]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        models = [load_checkpoint(path)[0].eval() for path in args.checkpoints]
+        loaded = [load_checkpoint(path) for path in args.checkpoints]
     except MtPolicyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    models = [model.eval() for model, _ in loaded]
     batches = fixed_batches(models, args.data, args)
     rows = []
     print(f"{'checkpoint':<60} {'train samples':>13} {'mean L1':>8}")
-    for path, model in zip(args.checkpoints, models, strict=True):
-        train = read_manifest(path).get("provenance", {}).get("config", {}).get("train", {})
+    for path, model, (_, manifest) in zip(args.checkpoints, models, loaded, strict=True):
+        train = manifest.get("provenance", {}).get("config", {}).get("train", {})
         samples = train["steps"] * train["batch_size"] if "steps" in train else None
         per_task = fit(model, batches)
         rows.append({"checkpoint": str(path), "train_samples": samples, "mean_l1": float(np.mean(list(per_task.values()))),
