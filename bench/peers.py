@@ -104,6 +104,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="our policy's batch (bench/mt10.py's); comma-separated: one of ours per batch size, same samples")
     p.add_argument("--peer-batch-size", type=int, default=8, help="the peers' batch (lerobot-train's default)")
     p.add_argument("--n-action-steps", type=int, default=4, help="our policy: actions executed per chunk in eval")
+    p.add_argument("--temporal-ensemble", type=float, metavar="K",
+                   help="our policy: predict every step and average overlapping chunks with weights exp(-K * age) "
+                        "instead of --n-action-steps")
     p.add_argument("--ours-set", action="append", default=[], metavar="KEY=VALUE",
                    help="a training override for our policy (repeatable), e.g. model.random_shift=0; "
                         "recorded in the results")
@@ -432,24 +435,31 @@ def cached_latency(run_dir: Path, measure, calls: int, warmup: int, fresh: bool)
 
 # ------------------------------------------------------------------------------------------- runs
 def evaluated_alike(report: dict[str, Any], path: Path, kind: str, args: argparse.Namespace,
-                    n_action_steps: int | None) -> bool:
+                    n_action_steps: int | None, temporal_ensemble: float | None = None) -> bool:
     """Whether an earlier eval.json evaluated this model as this invocation would (so it can be reused)."""
+    if (report["episodes_per_task"], report["checkpoint"], report["max_steps"]) != \
+            (args.episodes, str(path.resolve()), args.max_steps):
+        return False
+    if report.get("temporal_ensemble") != temporal_ensemble:
+        return False
+    # With temporal ensembling every step predicts; otherwise the actions run per chunk must match.
     wanted_steps = 1 if kind == "lerobot" else n_action_steps  # LeRobot peers: one action per call, queue inside
-    return (report["episodes_per_task"], report["checkpoint"], report["max_steps"], report["n_action_steps"]) == \
-        (args.episodes, str(path.resolve()), args.max_steps, wanted_steps)
+    return temporal_ensemble is not None or report["n_action_steps"] == wanted_steps
 
 
 def evaluate_once(path: Path, out_dir: Path, kind: str, args: argparse.Namespace, fresh: bool,
-                  tasks: list[str] | None = None, n_action_steps: int | None = None) -> dict[str, Any]:
+                  tasks: list[str] | None = None, n_action_steps: int | None = None,
+                  temporal_ensemble: float | None = None) -> dict[str, Any]:
     previous = out_dir / EVAL_JSON
     if previous.is_file() and not fresh:
         report = json.loads(previous.read_text())
-        if evaluated_alike(report, path, kind, args, n_action_steps):
+        if evaluated_alike(report, path, kind, args, n_action_steps, temporal_ensemble):
             print(f"evaluation finished earlier: {previous}", flush=True)
             return report
     print(f"evaluating {path} ({kind}): {args.episodes} episodes per task", flush=True)
     return evaluate(path, out_dir, tasks=tasks, episodes=args.episodes, workers=args.workers, videos=1,
-                    n_action_steps=n_action_steps, progress=False, max_steps=args.max_steps, kind=kind)
+                    n_action_steps=n_action_steps, temporal_ensemble=temporal_ensemble, progress=False,
+                    max_steps=args.max_steps, kind=kind)
 
 
 def ours_name(batch: int) -> str:
@@ -479,15 +489,22 @@ def run_ours(args: argparse.Namespace, data: Path, batch: int) -> dict[str, Any]
     fresh = figures["peak_rss_gib"] is not None  # trained (at least partly) by this invocation
     latency = cached_latency(run_dir, lambda: ours_latency(checkpoint, args.latency_calls, args.latency_warmup),
                              args.latency_calls, args.latency_warmup, fresh)
-    report = evaluate_once(checkpoint, run_dir / "eval", "checkpoint", args, fresh, n_action_steps=args.n_action_steps)
+    ensemble = args.temporal_ensemble
+    # Each way of running the policy keeps its own evaluation, so switching back and forth reuses both.
+    eval_dir = run_dir / ("eval" if ensemble is None else f"eval_temporal_ensemble_{ensemble:g}")
+    report = evaluate_once(checkpoint, eval_dir, "checkpoint", args, fresh,
+                           n_action_steps=None if ensemble is not None else args.n_action_steps,
+                           temporal_ensemble=ensemble)
     prov = read_manifest(checkpoint)["provenance"]
     model = load_checkpoint(checkpoint)[0]
-    changed = f", with {' '.join(args.ours_set)}" if args.ours_set else ""
+    changed = (f", with {' '.join(args.ours_set)}" if args.ours_set else "") + \
+        (f", temporal ensemble K={ensemble:g}" if ensemble is not None else "")
     return {"model": name, "description": f"our policy, bench/mt10.py's `lerobot` configuration (corner2 + agent_pos), "
                                           f"batch {batch}{changed}",
             "path": str(checkpoint), "overrides": mt10.overrides("lerobot", ns, data), "ours_set": args.ours_set,
             "parameters": sum(p.numel() for p in model.parameters()), "action_chunk": model.config.action_chunk,
-            "n_action_steps": args.n_action_steps, "batch_size": batch, "steps": steps,
+            "n_action_steps": 1 if ensemble is not None else args.n_action_steps, "temporal_ensemble": ensemble,
+            "batch_size": batch, "steps": steps,
             "train_samples": steps * batch, "train_seconds": prov["train_seconds"],
             "train_samples_per_s": steps * batch / prov["train_seconds"],
             "latency_ms": latency} | mt10.task_rows([report])
@@ -553,6 +570,11 @@ def _lat(row: dict[str, Any], key: str) -> str:
     return f"{lat['p50_ms']:.2f} / {lat['p99_ms']:.2f}" if lat else "-"
 
 
+def _actions_per_call(row: dict[str, Any]) -> str:
+    ensemble = row.get("temporal_ensemble")
+    return f"1, chunks ensembled (K={ensemble:g})" if ensemble is not None else str(row["n_action_steps"])
+
+
 def markdown(result: dict[str, Any]) -> str:
     runs = result["runs"]
     lines = [f"Command: `{result['command']}`", "",
@@ -562,7 +584,7 @@ def markdown(result: dict[str, Any]) -> str:
     for r in runs:
         lo, hi = r["pooled_ci95"]
         lines.append(f"| {r['model']} | {r['mean_success']:.1%} | {lo:.1%}–{hi:.1%} | {r['parameters']:,} | "
-                     f"{r['train_samples']:,} | {r['train_samples_per_s']:.1f} | {r['n_action_steps']} | "
+                     f"{r['train_samples']:,} | {r['train_samples_per_s']:.1f} | {_actions_per_call(r)} | "
                      f"{_lat(r, 'lerobot_select_action')} | {_lat(r, 'pytorch_eager')} | {_lat(r, 'onnxruntime_cpu')} |")
     lines += ["", *mt10.per_task_table(runs, "model", "model")]
     lines += ["", "Peer settings that differ from LeRobot's defaults:", ""]
@@ -623,6 +645,10 @@ def main(argv: list[str] | None = None) -> int:
         batches = [int(b) for b in args.batch_size.split(",") if b]
     except ValueError:
         print(f"--batch-size {args.batch_size!r}: expected comma-separated integers", file=sys.stderr)
+        return 2
+    if args.temporal_ensemble is not None and args.temporal_ensemble < 0:
+        print(f"--temporal-ensemble {args.temporal_ensemble:g}: expected K >= 0 (0 averages overlapping chunks "
+              f"equally)", file=sys.stderr)
         return 2
     peers = [p for p in args.peers.split(",") if p]
     unknown = [p for p in peers if p not in PEER_SETTINGS]

@@ -166,3 +166,20 @@ def test_an_earlier_evaluation_is_reused_only_when_it_ran_the_same_way(peers, tm
     peer = tmp_path / "act" / "policy"  # LeRobot peers run one action per call whatever our setting is
     assert peers.evaluated_alike(earlier | {"checkpoint": str(peer.resolve()), "n_action_steps": 1}, peer, "lerobot",
                                  args, n_action_steps=None)
+    # Temporal ensembling (the evaluator then records the whole chunk as n_action_steps) is another way to run.
+    ensembled = earlier | {"n_action_steps": 8, "temporal_ensemble": 0.01}
+    assert peers.evaluated_alike(ensembled, ours, "checkpoint", args, None, temporal_ensemble=0.01)
+    assert not peers.evaluated_alike(ensembled, ours, "checkpoint", args, None, temporal_ensemble=0.1)
+    assert not peers.evaluated_alike(ensembled, ours, "checkpoint", args, n_action_steps=4)
+    assert not peers.evaluated_alike(earlier | {"temporal_ensemble": None}, ours, "checkpoint", args, None,
+                                     temporal_ensemble=0.01)
+
+
+def test_temporal_ensembling_of_ours_is_checked_and_shown_in_the_table(peers, capsys):
+    assert peers.main(["--temporal-ensemble", "-1"]) == 2  # refused before any collection or training
+    assert "--temporal-ensemble -1: expected K >= 0" in capsys.readouterr().err
+    row = {"model": "ours", "ours_set": [], "pooled_ci95": (0.4, 0.6), "mean_success": 0.5, "parameters": 1,
+           "train_samples": 640, "train_samples_per_s": 1.0, "n_action_steps": 1, "temporal_ensemble": 0.01,
+           "latency_ms": {}, "tasks": {}, "batch_size": 64}
+    assert "| 1, chunks ensembled (K=0.01) |" in peers.markdown({"command": "x", "runs": [row]})
+    assert "| 4 |" in peers.markdown({"command": "x", "runs": [row | {"n_action_steps": 4, "temporal_ensemble": None}]})
