@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from mt_policy.checkpoint import load_checkpoint
-from mt_policy.demo_store import DemoStore
 from mt_policy.errors import MtPolicyError
+from training.config import ResolvedTask
 from training.data import Batch, MultiTaskBatcher
-from training.trainer import task_losses
+from training.trainer import load_demos, task_losses
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -55,13 +55,13 @@ def fixed_batches(models: list[Any], data: Path, args: argparse.Namespace) -> li
         if signature(model) != signature(first):
             raise SystemExit(f"{path}: serves tasks/cameras/chunk {signature(model)}, but {args.checkpoints[0]} "
                              f"serves {signature(first)}; their losses are not comparable")
-    demos = {}
-    for task in first.task_index:
-        store = data / f"{task}.zarr"
-        if not store.exists():
-            raise SystemExit(f"{store}: no store for task {task!r} (the checkpoints serve {list(first.task_index)})")
-        demos[task] = DemoStore.open(store).load(cameras=list(first.observation.camera_names))
     tasks = list(first.task_index)
+    for task in tasks:
+        if not (data / f"{task}.zarr").exists():
+            raise SystemExit(f"{data / f'{task}.zarr'}: no store for task {task!r} (the checkpoints serve {tasks})")
+    # The trainer's loader: it also refuses a store that holds another task, or no episodes.
+    demos = load_demos([ResolvedTask(t, str(data / f"{t}.zarr"), 1.0, args.demos) for t in tasks],
+                       list(first.observation.camera_names))
     batcher = MultiTaskBatcher(demos, first.task_index, np.full(len(tasks), 1.0 / len(tasks)),
                                first.config.action_chunk, first.observation.proprio_size,
                                max_episodes={t: args.demos for t in tasks})
@@ -86,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     models = [model.eval() for model, _ in loaded]
-    batches = fixed_batches(models, args.data, args)
+    try:
+        batches = fixed_batches(models, args.data, args)
+    except MtPolicyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     rows = []
     print(f"{'checkpoint':<60} {'train samples':>13} {'mean L1':>8}")
     for path, model, (_, manifest) in zip(args.checkpoints, models, loaded, strict=True):

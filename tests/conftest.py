@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +25,15 @@ def tiny_schema() -> TaskSchema:
 @pytest.fixture
 def tiny_task() -> TaskInfo:
     return TaskInfo("toy-v0", "a toy task for tests", "toy/Env-v0", "toy 1.0", "easy")
+
+
+def load_bench(name: str):
+    """bench/<name>.py as a module: the benchmarks are scripts, not a package."""
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def sigint_as_at_a_terminal() -> None:

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
+import shutil
 
 import pytest
+from conftest import load_bench
 from test_training import run_config, stores  # noqa: F401  (the fixture)
 
 from training.trainer import Trainer
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def fit_bench():
-    spec = importlib.util.spec_from_file_location("bench_fit", ROOT / "bench" / "fit.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("fit")
 
 
 def _trained(stores, tmp_path, name, steps, **extra):  # noqa: F811
@@ -41,7 +36,7 @@ def test_a_longer_run_fits_better_on_the_same_windows(fit_bench, stores, tmp_pat
     assert "mean L1" in capsys.readouterr().out
 
 
-def test_checkpoints_that_cannot_be_compared_are_refused(fit_bench, stores, tmp_path):  # noqa: F811
+def test_checkpoints_that_cannot_be_compared_are_refused(fit_bench, stores, tmp_path, capsys):  # noqa: F811
     four_chunk = _trained(stores, tmp_path, "chunk4", 2)
     two_chunk = _trained(stores, tmp_path, "chunk2", 2, **{"model.action_chunk": 2})
     with pytest.raises(SystemExit, match=r"chunk2/checkpoints/last: serves tasks/cameras/chunk .* 2\), but .* not comparable"):
@@ -49,3 +44,6 @@ def test_checkpoints_that_cannot_be_compared_are_refused(fit_bench, stores, tmp_
     (stores / "two.zarr").rename(stores / "moved.zarr")
     with pytest.raises(SystemExit, match=r"two.zarr: no store for task 'two'"):
         fit_bench.main([str(four_chunk), "--data", str(stores), "--out", str(tmp_path / "f.json")])
+    shutil.copytree(stores / "four.zarr", stores / "two.zarr")  # a store of another task under this task's name
+    assert fit_bench.main([str(four_chunk), "--data", str(stores), "--out", str(tmp_path / "f.json")]) == 2
+    assert "two.zarr: holds task 'four'" in capsys.readouterr().err

@@ -3,13 +3,11 @@ LeRobot's API, and the evaluator's "lerobot" policy kind (load, predict, reset a
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_episode
+from conftest import load_bench, make_episode
 
 import sim.evaluate as evaluate_mod
 from mt_policy.cli import main
@@ -22,7 +20,6 @@ from sim.tasks import ObservationConfig, get_task
 
 pytest.importorskip("lerobot")
 
-ROOT = Path(__file__).resolve().parents[1]
 TASK = "reach-v3"
 SMALL = ObservationConfig(cameras=("corner2",), image_size=(32, 32))
 EPISODES = ((3, 12), (5, 9))  # (seed, length): frames 0..11 and 12..20
@@ -41,10 +38,7 @@ def _queue(peer: LeRobotPeer):
 
 @pytest.fixture(scope="module")
 def peers():
-    spec = importlib.util.spec_from_file_location("bench_peers", ROOT / "bench" / "peers.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("peers")
 
 
 @pytest.fixture(scope="module")
