@@ -48,6 +48,10 @@ class ModelConfig:
     """Normalisation after each conv: `none`, or `group` (GroupNorm, 8 channels a group). `none` is the default:
     GroupNorm makes the CNN's forward + backward about 1.7x slower on 2 CPU cores and measured no better per
     sample (bench/RESULTS.md, the peers section)."""
+    encoder_blocks: int = 0
+    """Residual blocks per encoder layer: 0 keeps one plain conv a layer; N >= 1 makes each layer N basic
+    residual blocks (two 3x3 convs and a skip; the first block takes the layer's stride), so the encoder is
+    deeper at the same output map size."""
     proprio_hidden: int = 64
     feature_dim: int = 256
     """Width of the fused feature that FiLM modulates."""
@@ -75,6 +79,8 @@ class ModelConfig:
             raise ValueError(f"encoder_pool must be one of {list(ENCODER_POOLS)}, got {self.encoder_pool!r}")
         if self.encoder_norm not in ENCODER_NORMS:
             raise ValueError(f"encoder_norm must be one of {list(ENCODER_NORMS)}, got {self.encoder_norm!r}")
+        if self.encoder_blocks < 0:
+            raise ValueError(f"encoder_blocks must be >= 0, got {self.encoder_blocks}")
         if self.action_chunk < 1 or self.feature_dim < 1 or self.task_embedding_dim < 1:
             raise ValueError("action_chunk, feature_dim and task_embedding_dim must be >= 1")
         if self.task_embedding_scale < 0 or self.random_shift < 0:
@@ -132,18 +138,49 @@ class SpatialSoftmax(nn.Module):
         return keypoints.transpose(1, 2).reshape(b, 2 * c)  # (B, 2C): all x, then all y
 
 
+def _conv_norm(c_in: int, c_out: int, stride: int, norm: str) -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1)]
+    if norm == "group":
+        layers.append(nn.GroupNorm(max(1, c_out // GROUP_NORM_CHANNELS), c_out))
+    return layers
+
+
+class ResidualBlock(nn.Module):
+    """relu(skip(x) + gain * conv(relu(conv(x)))), the gain starting at 0 so that an unnormalised stack
+    starts as its skips and cannot blow up at initialisation (the SkipInit idea)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, norm: str) -> None:
+        super().__init__()
+        self.branch = nn.Sequential(*_conv_norm(c_in, c_out, stride, norm), nn.ReLU(), *_conv_norm(c_out, c_out, 1, norm))
+        # A strided skip averages, then projects (as ResNet-D): it sees every pixel, and it keeps clear of a
+        # oneDNN bug (uxlfoundation/oneDNN#6035: the weight gradient of a strided 1x1 conv over channels-last
+        # input with few channels writes out of bounds), which segfaulted torch 2.10 here on our images.
+        skip: list[nn.Module] = []
+        if stride > 1:
+            skip.append(nn.AvgPool2d(stride, ceil_mode=True, count_include_pad=False))
+        if c_in != c_out:
+            skip.append(nn.Conv2d(c_in, c_out, 1))
+        self.skip = nn.Sequential(*skip)  # empty: the identity
+        self.gain = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.skip(x) + self.gain * self.branch(x))
+
+
 class CameraEncoder(nn.Module):
     def __init__(self, channels: tuple[int, ...], out_dim: int, strides: tuple[int, ...] | None = None,
-                 pool: str = "spatial_softmax", image_size: tuple[int, int] = (96, 96), norm: str = "none") -> None:
+                 pool: str = "spatial_softmax", image_size: tuple[int, int] = (96, 96), norm: str = "none",
+                 blocks: int = 0) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c_in = 3
         strides = strides or tuple(2 if i < len(channels) - 1 else 1 for i in range(len(channels)))
         for c_out, stride in zip(channels, strides, strict=True):
-            layers.append(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1))
-            if norm == "group":
-                layers.append(nn.GroupNorm(max(1, c_out // GROUP_NORM_CHANNELS), c_out))
-            layers.append(nn.ReLU())
+            if blocks:
+                layers += [ResidualBlock(c_in if i == 0 else c_out, c_out, stride if i == 0 else 1, norm)
+                           for i in range(blocks)]
+            else:
+                layers += [*_conv_norm(c_in, c_out, stride, norm), nn.ReLU()]
             c_in = c_out
         self.conv = nn.Sequential(*layers)
         if pool == "flatten":
@@ -196,7 +233,8 @@ class MultiTaskPolicy(nn.Module):
 
         self.encoders = nn.ModuleDict({c.name: CameraEncoder(config.encoder_channels, config.feature_dim,
                                                                  config.encoder_strides, config.encoder_pool,
-                                                                 (c.height, c.width), config.encoder_norm)
+                                                                 (c.height, c.width), config.encoder_norm,
+                                                                 config.encoder_blocks)
                                        for c in self.observation.cameras})
         self.proprio_mlp = _mlp([p, config.proprio_hidden, config.feature_dim])
         self.fuse = nn.Linear(config.feature_dim * (len(self.encoders) + 1), config.feature_dim)

@@ -68,6 +68,9 @@ def random_policy(names, obs_config, config, seed: int = 0):
     model = MultiTaskPolicy(config, entries)
     for p in model.film.parameters():
         torch.nn.init.normal_(p, std=0.3)  # FiLM starts as the identity; make the task embedding count
+    for name, p in model.named_parameters():
+        if name.endswith(".gain"):
+            torch.nn.init.uniform_(p, 0.5, 1.5)  # residual branches start switched off; switch them on
     stats = NormStats()
     for e in entries:
         p, a = e.schema.observation.proprio_size, e.schema.action.size

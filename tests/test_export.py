@@ -167,6 +167,40 @@ def test_a_group_normalised_encoder_survives_the_checkpoint_and_the_export(tmp_p
         dataclasses.replace(SMALL, encoder_norm="batch")
 
 
+def test_a_residual_encoder_trains_and_survives_the_checkpoint_and_the_export(tmp_path):
+    import torch
+
+    from mt_policy.model import ResidualBlock
+
+    config = dataclasses.replace(SMALL, encoder_blocks=2)
+    pixels = dataclasses.replace(PIXELS, image_size=(48, 48))  # the segfault below needs 48 px or more
+    fresh = MultiTaskPolicy(config, [random_policy(("drawer-close-v3",), pixels, SMALL).tasks[0]])
+    blocks = [m for m in fresh.encoders["corner2"].conv if isinstance(m, ResidualBlock)]
+    assert len(blocks) == 4  # two a layer
+    # skips: average-pool + projection (3 -> 8 channels, stride 2), identity, projection alone (8 -> 16, stride 1), identity
+    assert [len(b.skip) for b in blocks] == [2, 0, 1, 0]
+    image = torch.rand(2, 3, 48, 48)
+    skips_only = image
+    for block in blocks:
+        skips_only = torch.relu(block.skip(skips_only))
+    # A fresh stack is its skips (the branches' gains start at 0), so depth cannot blow up at initialisation.
+    assert torch.equal(fresh.encoders["corner2"].conv(image), skips_only)
+
+    # One training step through the trainer's path (uint8 HWC images, random shift: channels-last strides);
+    # torch 2.10 segfaulted in the backward of a strided 1x1 skip conv on such input.
+    fresh.train()
+    obs = {"obs/corner2": torch.randint(0, 256, (4, 48, 48, 3), dtype=torch.uint8), "obs/proprio": torch.randn(4, 4)}
+    fresh.head("drawer-close-v3", fresh.features(obs, torch.zeros(4, dtype=torch.long))).abs().mean().backward()
+    assert all(b.gain.grad is not None and torch.isfinite(b.gain.grad).all() and b.gain.grad.abs() > 0 for b in blocks)
+
+    model = random_policy(("drawer-close-v3",), pixels, config)
+    ckpt = save_checkpoint(model, tmp_path / "ckpt")
+    assert load_checkpoint(ckpt)[0].config.encoder_blocks == 2
+    assert export(ckpt, tmp_path / "export", log=lambda _: None).parity.ok
+    with pytest.raises(ValueError, match="encoder_blocks must be >= 0, got -1"):
+        dataclasses.replace(SMALL, encoder_blocks=-1)
+
+
 def test_export_refuses_to_write_a_graph_that_fails_parity(tmp_path, monkeypatch):
     import deploy.onnx_export as onnx_export
 

@@ -59,6 +59,8 @@ class ModelCfg:
     """spatial_softmax | flatten; see `ModelConfig.encoder_pool`."""
     encoder_norm: str = "none"
     """none | group (GroupNorm after each conv); see `ModelConfig.encoder_norm`."""
+    encoder_blocks: int = 0
+    """0: one plain conv per layer; N: N residual blocks per layer; see `ModelConfig.encoder_blocks`."""
     proprio_hidden: int = 64
     feature_dim: int = 256
     task_embedding_dim: int = 32
