@@ -27,6 +27,14 @@ def tiny_task() -> TaskInfo:
     return TaskInfo("toy-v0", "a toy task for tests", "toy/Env-v0", "toy 1.0", "easy")
 
 
+@pytest.fixture
+def stores(tmp_path) -> Path:
+    """The two toy training stores of `toy_training` under tmp_path/data."""
+    from toy_training import write_toy_stores  # not at the top: toy_training imports this module
+
+    return write_toy_stores(tmp_path / "data")
+
+
 def load_bench(name: str):
     """bench/<name>.py as a module: the benchmarks are scripts, not a package."""
     path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from torchjd.aggregation import Sum
+from toy_training import tiny_overrides
 
 from training.balancers import (
     BALANCER_NAMES,
@@ -179,14 +180,9 @@ def test_conflict_metrics_report_cosines_fractions_and_norms():
     assert 0 < row["conflict/fraction"] <= 1 and row["grad_norm/big"] > row["grad_norm/small"]
 
 
-def test_ddp_two_cpu_processes_share_weights_and_write_one_checkpoint(tmp_path):
-    from test_training import _tiny_overrides, write_store
-
-    root = tmp_path / "data"
-    write_store(root, "four", 4, episodes=6, seed=1)
-    write_store(root, "two", 2, episodes=3, proprio=5, seed=2)
+def test_ddp_two_cpu_processes_share_weights_and_write_one_checkpoint(stores, tmp_path):
     run_dir = tmp_path / "ddp"
-    overrides = [*_tiny_overrides(root), "train.steps=5", "train.balancer=pcgrad", "train.conflict_every=2",
+    overrides = [*tiny_overrides(stores), "train.steps=5", "train.balancer=pcgrad", "train.conflict_every=2",
                  "train.threads=1", f"hydra.run.dir={run_dir}"]
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           "-m", "training.train", *overrides], capture_output=True, text=True, timeout=300,

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 from conftest import load_bench
-from test_training import run_config, stores  # noqa: F401  (the fixture)
+from toy_training import run_config
 
 from training.trainer import Trainer
 

@@ -13,11 +13,12 @@ import torch
 from conftest import make_episode
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from toy_training import CONF, TINY_MODEL, entry, run_config, tiny_overrides
 
 from mt_policy.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mt_policy.demo_store import DemoStore
 from mt_policy.errors import SchemaError, UnknownNameError
-from mt_policy.model import ModelConfig, MultiTaskPolicy, TaskEntry
+from mt_policy.model import ModelConfig, MultiTaskPolicy
 from mt_policy.runner import ChunkRunner, torch_predictor
 from mt_policy.schema import ActionSchema, CameraSpec, ObservationSchema, TaskInfo, TaskSchema
 from training.balancers import BackwardContext, make_balancer
@@ -25,54 +26,7 @@ from training.config import register_configs, resolve_tasks
 from training.data import task_probabilities
 from training.trainer import Trainer
 
-CONF = Path(__file__).resolve().parents[1] / "training" / "conf"
 GOLDEN = Path(__file__).resolve().parent / "golden"
-TINY_MODEL = {"encoder_channels": [4, 8], "proprio_hidden": 8, "feature_dim": 16, "task_embedding_dim": 4,
-              "trunk_dims": [16], "head_hidden": 16, "action_chunk": 4, "random_shift": 1}
-
-
-def schema(action_size: int, proprio: int = 3) -> TaskSchema:
-    return TaskSchema(ObservationSchema((CameraSpec("cam", 8, 8),), proprio),
-                      ActionSchema(action_size, (-1.0,) * action_size, (1.0,) * action_size), 10.0, 20)
-
-
-def entry(name: str, action_size: int, proprio: int = 3) -> TaskEntry:
-    return TaskEntry(TaskInfo(name, f"do {name}", "toy/Env-v0", "toy", "easy"), schema(action_size, proprio))
-
-
-def write_store(root: Path, name: str, action_size: int, episodes: int, proprio: int = 3, seed: int = 0) -> Path:
-    s, rng = schema(action_size, proprio), np.random.default_rng(seed)
-    store = DemoStore.create(root / f"{name}.zarr", s, TaskInfo(name, f"do {name}", "toy/Env-v0", "toy", "easy"))
-    mixing = rng.normal(size=(proprio, action_size))
-    for i in range(episodes):
-        episode = make_episode(s, 6 + i % 3, rng)
-        # A learnable target: the action is a fixed function of the proprio vector.
-        episode["action"] = np.tanh(episode["obs/proprio"] @ mixing).astype(np.float32)
-        store.append_episode(episode, seed=i, success=True, expert="toy")
-    store.close()
-    return store.path
-
-
-@pytest.fixture
-def stores(tmp_path) -> Path:
-    root = tmp_path / "data"
-    write_store(root, "four", 4, episodes=6, seed=1)
-    write_store(root, "two", 2, episodes=3, proprio=5, seed=2)
-    return root
-
-
-def run_config(root: Path, **overrides) -> OmegaConf:
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=[
-            f"data.root={root}", "data.suite=null", "+data.tasks={four:{},two:{}}",
-            "train.steps=6", "train.batch_size=8", "train.log_every=1", "train.checkpoint_every=3",
-            "train.progress=false", "optim.warmup_steps=2", "eval.final=false",
-            *[f"model.{k}=[{','.join(map(str, v))}]" if isinstance(v, list) else f"model.{k}={v}"
-              for k, v in TINY_MODEL.items()],
-            *[f"{k}={v}" for k, v in overrides.items()],
-        ])
-    return cfg
 
 
 def tiny_obs(batch: int, proprio: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -273,16 +227,11 @@ def _cli_train(args: list[str], cwd: Path) -> None:
     assert run.returncode == 0, run.stderr[-3000:]
 
 
-def _tiny_overrides(root: Path) -> list[str]:
-    return [f"data.root={root}", "data.suite=null", "+data.tasks={four:{},two:{}}", "train.batch_size=8",
-            "train.progress=false", "train.log_every=1", "eval.final=false", "optim.warmup_steps=1",
-            *[f"model.{k}=[{','.join(map(str, v))}]" if isinstance(v, list) else f"model.{k}={v}"
-              for k, v in TINY_MODEL.items()]]
 
 
 def test_cli_multirun_sweep_writes_one_run_per_value(stores, tmp_path):
     sweep = tmp_path / "sweep"
-    _cli_train(["-m", *_tiny_overrides(stores), "train.steps=2", "model.task_embedding_scale=0,1",
+    _cli_train(["-m", *tiny_overrides(stores), "train.steps=2", "model.task_embedding_scale=0,1",
                 f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
     for job, scale in (("0", 0.0), ("1", 1.0)):
         run = sweep / job
@@ -294,7 +243,7 @@ def test_cli_multirun_sweep_writes_one_run_per_value(stores, tmp_path):
 
 def test_cli_resume_reuses_the_run_overrides_and_extends_it(stores, tmp_path):
     run = tmp_path / "run"
-    _cli_train([*_tiny_overrides(stores), "train.steps=3", f"hydra.run.dir={run}"], cwd=tmp_path)
+    _cli_train([*tiny_overrides(stores), "train.steps=3", f"hydra.run.dir={run}"], cwd=tmp_path)
     _cli_train(["--resume", str(run), "train.steps=5"], cwd=tmp_path)
     assert sorted(_losses(run / "train_log.csv")) == [1, 2, 3, 4, 5]
     _, manifest = load_checkpoint(run / "checkpoints" / "last")
