@@ -13,7 +13,7 @@ import torch
 from conftest import make_episode
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-from toy_training import CONF, TINY_MODEL, entry, run_config, tiny_overrides
+from toy_training import CONF, TINY_MODEL, entry, run_config, tiny_overrides, write_store
 
 from mt_policy.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mt_policy.demo_store import DemoStore
@@ -200,6 +200,28 @@ def test_training_reduces_the_loss_on_every_task(stores, tmp_path):
         series = [float(r[f"loss/{task}"]) for r in rows if r[f"loss/{task}"]]
         assert series[-1] < 0.8 * series[0], task
     assert (tmp_path / "run" / "tensorboard").is_dir()
+
+
+def test_clip_actions_trains_on_the_actions_the_robot_executes(tmp_path):
+    root = tmp_path / "data"
+    write_store(root, "four", 4, episodes=6, seed=1, action_gain=3.0)  # an expert asking up to 3x the bounds
+    write_store(root, "two", 2, episodes=3, proprio=5, seed=2)
+    recorded = DemoStore.open(root / "four.zarr").load().arrays["action"]
+    executed = np.clip(recorded, -1.0, 1.0)
+    assert np.abs(recorded).max() > 2.0 and (recorded != executed).mean() > 0.2
+
+    plain = Trainer(run_config(root), tmp_path / "plain")
+    clipped = Trainer(run_config(root, **{"data.clip_actions": True}), tmp_path / "clipped")
+    assert np.array_equal(plain.demos["four"].arrays["action"], recorded)
+    assert np.array_equal(clipped.demos["four"].arrays["action"], executed)
+    four = clipped.model.task_index["four"]
+    # Normalisation follows the targets: the clipped actions' statistics, not the store's.
+    np.testing.assert_allclose(getattr(clipped.model, f"action_mean_{four}").numpy(), executed.mean(0), atol=1e-5)
+    np.testing.assert_allclose(getattr(clipped.model, f"action_std_{four}").numpy(), executed.std(0), atol=1e-5)
+    np.testing.assert_allclose(getattr(plain.model, f"action_std_{four}").numpy(), recorded.std(0), atol=1e-5)
+    targets = clipped.batcher.sample(np.random.default_rng(0), 64).actions["four"]
+    assert targets.abs().max() <= 1.0 and plain.batcher.sample(np.random.default_rng(0), 64).actions["four"].abs().max() > 1.0
+    assert np.array_equal(DemoStore.open(root / "four.zarr").load().arrays["action"], recorded)  # the store is untouched
 
 
 def test_hydra_override_precedence_global_beats_per_task(stores):

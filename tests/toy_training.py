@@ -30,14 +30,16 @@ def entry(name: str, action_size: int, proprio: int = 3) -> TaskEntry:
     return TaskEntry(TaskInfo(name, f"do {name}", "toy/Env-v0", "toy", "easy"), schema(action_size, proprio))
 
 
-def write_store(root: Path, name: str, action_size: int, episodes: int, proprio: int = 3, seed: int = 0) -> Path:
+def write_store(root: Path, name: str, action_size: int, episodes: int, proprio: int = 3, seed: int = 0,
+                action_gain: float = 1.0) -> Path:
+    """A toy store; `action_gain` > 1 records actions beyond the [-1, 1] bounds, as eager experts do."""
     s, rng = schema(action_size, proprio), np.random.default_rng(seed)
     store = DemoStore.create(root / f"{name}.zarr", s, TaskInfo(name, f"do {name}", "toy/Env-v0", "toy", "easy"))
     mixing = rng.normal(size=(proprio, action_size))
     for i in range(episodes):
         episode = make_episode(s, 6 + i % 3, rng)
         # A learnable target: the action is a fixed function of the proprio vector.
-        episode["action"] = np.tanh(episode["obs/proprio"] @ mixing).astype(np.float32)
+        episode["action"] = (action_gain * np.tanh(episode["obs/proprio"] @ mixing)).astype(np.float32)
         store.append_episode(episode, seed=i, success=True, expert="toy")
     store.close()
     return store.path

@@ -36,6 +36,11 @@ class DataConfig:
     """YAML file with more suites/tasks (see `sim.suites`)."""
     tasks: dict[str, TaskDataConfig] = field(default_factory=dict)
     """Per-task data configs, keyed by task name; they add to the suite's tasks or refine them."""
+    clip_actions: bool = False
+    """Train on the actions as executed: each task's recorded actions clipped to its schema's bounds (as eval,
+    the ROS node and the env clip them), with the action statistics recomputed from the clipped values.
+    Scripted experts often ask for far more than the bounds (Meta-World's up to 12x), and unclipped targets
+    spend the loss on magnitudes the robot never executes (measured no better on MT10: bench/RESULTS.md)."""
     sampling: str = "uniform"
     """How batch slots are shared between tasks: uniform | proportional (to demos) | temperature."""
     temperature: float = 2.0

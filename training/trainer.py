@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -30,6 +31,7 @@ from mt_policy.demo_store import DemoStore, LoadedDemos
 from mt_policy.errors import MtPolicyError
 from mt_policy.model import ModelConfig, MultiTaskPolicy, NormStats, TaskEntry
 from mt_policy.progress import progress_bar
+from mt_policy.schema import ACTION_KEY
 from mt_policy.stats import RunningStats
 from training.balancers import BackwardContext, LossBalancer, make_balancer
 from training.config import ResolvedTask, resolve_tasks, validate
@@ -53,6 +55,18 @@ def load_demos(tasks: list[ResolvedTask], cameras: list[str] | None = None) -> d
             raise MtPolicyError(f"{task.store}: the store is empty; collect demos first (mt-policy collect)")
         demos[task.name] = store.load(cameras=cameras)
     return demos
+
+
+def clip_actions(demos: dict[str, LoadedDemos]) -> dict[str, LoadedDemos]:
+    """Each task's actions clipped to its schema's bounds, with their statistics recomputed."""
+    out = {}
+    for name, loaded in demos.items():
+        bounds = loaded.schema.action
+        clipped = np.clip(loaded.arrays[ACTION_KEY], np.asarray(bounds.low, np.float32),
+                          np.asarray(bounds.high, np.float32))
+        out[name] = dataclasses.replace(loaded, arrays={**loaded.arrays, ACTION_KEY: clipped},
+                                        stats={**loaded.stats, ACTION_KEY: RunningStats.of(clipped)})
+    return out
 
 
 def norm_stats(demos: dict[str, LoadedDemos]) -> NormStats:
@@ -124,6 +138,8 @@ class Trainer:
         suite_tasks = self._suite_tasks()
         self.tasks = resolve_tasks(cfg.data, suite_tasks)
         self.demos = load_demos(self.tasks, None if cfg.data.cameras is None else list(cfg.data.cameras))
+        if cfg.data.clip_actions:
+            self.demos = clip_actions(self.demos)
         entries = [TaskEntry(d.task, d.schema) for d in self.demos.values()]
         model_cfg = ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True))
         self.model = MultiTaskPolicy(model_cfg, entries, norm_stats(self.demos))
