@@ -51,7 +51,8 @@ class ModelConfig:
     encoder_blocks: int = 0
     """Residual blocks per encoder layer: 0 keeps one plain conv a layer; N >= 1 makes each layer N basic
     residual blocks (two 3x3 convs and a skip; the first block takes the layer's stride), so the encoder is
-    deeper at the same output map size."""
+    deeper at the same output map size. 0 is the default: at 1 or 2 blocks it measured no better per sample on
+    MT10, and 2 train about 2.7x slower on 2 CPU cores (bench/RESULTS.md, the peers section)."""
     proprio_hidden: int = 64
     feature_dim: int = 256
     """Width of the fused feature that FiLM modulates."""
