@@ -82,11 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         loaded = [load_checkpoint(path) for path in args.checkpoints]
-    except MtPolicyError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    models = [model.eval() for model, _ in loaded]
-    try:
+        models = [model.eval() for model, _ in loaded]
         batches = fixed_batches(models, args.data, args)
     except MtPolicyError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -17,13 +17,13 @@ def fit_bench():
     return load_bench("fit")
 
 
-def _trained(stores, tmp_path, name, steps, **extra):  # noqa: F811
+def _trained(stores, tmp_path, name, steps, **extra):
     cfg = run_config(stores, **{"train.steps": steps, "train.batch_size": 32, "train.checkpoint_every": 1000,
                                 "optim.lr": 3e-3, **extra})
     return Trainer(cfg, tmp_path / name).fit()
 
 
-def test_a_longer_run_fits_better_on_the_same_windows(fit_bench, stores, tmp_path, capsys):  # noqa: F811
+def test_a_longer_run_fits_better_on_the_same_windows(fit_bench, stores, tmp_path, capsys):
     short, long = _trained(stores, tmp_path, "short", 2), _trained(stores, tmp_path, "long", 120)
     out = tmp_path / "fit.json"
     assert fit_bench.main([str(short), str(long), str(short), "--data", str(stores), "--batches", "5",
@@ -36,7 +36,7 @@ def test_a_longer_run_fits_better_on_the_same_windows(fit_bench, stores, tmp_pat
     assert "mean L1" in capsys.readouterr().out
 
 
-def test_checkpoints_that_cannot_be_compared_are_refused(fit_bench, stores, tmp_path, capsys):  # noqa: F811
+def test_checkpoints_that_cannot_be_compared_are_refused(fit_bench, stores, tmp_path, capsys):
     four_chunk = _trained(stores, tmp_path, "chunk4", 2)
     two_chunk = _trained(stores, tmp_path, "chunk2", 2, **{"model.action_chunk": 2})
     with pytest.raises(SystemExit, match=r"chunk2/checkpoints/last: serves tasks/cameras/chunk .* 2\), but .* not comparable"):

@@ -13,7 +13,7 @@ import torch
 from conftest import make_episode
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-from toy_training import CONF, TINY_MODEL, entry, run_config, tiny_overrides, write_store
+from toy_training import CONF, TINY_MODEL, entry, run_config, tiny_overrides, write_toy_stores
 
 from mt_policy.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mt_policy.demo_store import DemoStore
@@ -203,9 +203,7 @@ def test_training_reduces_the_loss_on_every_task(stores, tmp_path):
 
 
 def test_clip_actions_trains_on_the_actions_the_robot_executes(tmp_path):
-    root = tmp_path / "data"
-    write_store(root, "four", 4, episodes=6, seed=1, action_gain=3.0)  # an expert asking up to 3x the bounds
-    write_store(root, "two", 2, episodes=3, proprio=5, seed=2)
+    root = write_toy_stores(tmp_path / "data", action_gain=3.0)  # experts asking up to 3x the bounds
     recorded = DemoStore.open(root / "four.zarr").load().arrays["action"]
     executed = np.clip(recorded, -1.0, 1.0)
     assert np.abs(recorded).max() > 2.0 and (recorded != executed).mean() > 0.2
@@ -247,8 +245,6 @@ def _cli_train(args: list[str], cwd: Path) -> None:
     run = subprocess.run([sys.executable, "-m", "mt_policy.cli", "train", *args], capture_output=True, text=True,
                          timeout=300, cwd=cwd)
     assert run.returncode == 0, run.stderr[-3000:]
-
-
 
 
 def test_cli_multirun_sweep_writes_one_run_per_value(stores, tmp_path):

@@ -45,10 +45,10 @@ def write_store(root: Path, name: str, action_size: int, episodes: int, proprio:
     return store.path
 
 
-def write_toy_stores(root: Path) -> Path:
-    """The "four" and "two" stores under `root`; returns `root`."""
-    write_store(root, "four", 4, episodes=6, seed=1)
-    write_store(root, "two", 2, episodes=3, proprio=5, seed=2)
+def write_toy_stores(root: Path, action_gain: float = 1.0) -> Path:
+    """The "four" and "two" stores under `root` (see `write_store` for `action_gain`); returns `root`."""
+    write_store(root, "four", 4, episodes=6, seed=1, action_gain=action_gain)
+    write_store(root, "two", 2, episodes=3, proprio=5, seed=2, action_gain=action_gain)
     return root
 
 
