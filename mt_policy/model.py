@@ -27,9 +27,11 @@ __all__ = ["ModelConfig", "MultiTaskPolicy", "NormStats", "TaskEntry", "shared_o
 STD_FLOOR = 1e-2  # constant features (e.g. an unused gripper dim) must not blow up when normalised
 
 
-ENCODER_POOLS = ("spatial_softmax", "flatten")
+ENCODER_POOLS = ("spatial_softmax", "flatten", "attention")
 ENCODER_NORMS = ("none", "group")
 GROUP_NORM_CHANNELS = 8  # channels per GroupNorm group
+ATTENTION_HEADS = 4
+ATTENTION_QUERIES = 4  # learned read-out queries of the `attention` pool; their outputs are concatenated
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,11 @@ class ModelConfig:
     the last map, so fewer stride-2 layers mean finer keypoints at a higher cost per layer."""
     encoder_pool: str = "spatial_softmax"
     """How a camera's last conv map becomes a vector: `spatial_softmax` (x, y of each channel's peak) or
-    `flatten` (every cell of the map through one linear layer: keeps small objects a softmax may miss)."""
+    `flatten` (every cell of the map through one linear layer: keeps small objects a softmax may miss) or
+    `attention` (the cells as tokens with learned positions, `attention_layers` self-attention blocks, then
+    `ATTENTION_QUERIES` learned queries read them out: ACT's structure over its feature map, at our scale)."""
+    attention_layers: int = 2
+    """Self-attention blocks over the map's cells when `encoder_pool` is `attention` (ignored otherwise)."""
     encoder_norm: str = "none"
     """Normalisation after each conv: `none`, or `group` (GroupNorm, 8 channels a group). `none` is the default:
     GroupNorm makes the CNN's forward + backward about 1.7x slower on 2 CPU cores and measured no better per
@@ -82,6 +88,8 @@ class ModelConfig:
             raise ValueError(f"encoder_norm must be one of {list(ENCODER_NORMS)}, got {self.encoder_norm!r}")
         if self.encoder_blocks < 0:
             raise ValueError(f"encoder_blocks must be >= 0, got {self.encoder_blocks}")
+        if self.attention_layers < 0:
+            raise ValueError(f"attention_layers must be >= 0, got {self.attention_layers}")
         if self.action_chunk < 1 or self.feature_dim < 1 or self.task_embedding_dim < 1:
             raise ValueError("action_chunk, feature_dim and task_embedding_dim must be >= 1")
         if self.task_embedding_scale < 0 or self.random_shift < 0:
@@ -139,6 +147,65 @@ class SpatialSoftmax(nn.Module):
         return keypoints.transpose(1, 2).reshape(b, 2 * c)  # (B, 2C): all x, then all y
 
 
+def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v per head, for (B, N, D) inputs. Written out in matmuls (not torch's fused
+    kernels) so the ONNX graph is plain MatMul/Softmax that every runtime and TensorRT takes."""
+    b, n, d = q.shape
+    def split(x: torch.Tensor) -> torch.Tensor:  # (B, N, D) -> (B, heads, N, D/heads)
+        return x.reshape(x.shape[0], x.shape[1], heads, d // heads).transpose(1, 2)
+    scores = split(q) @ split(k).transpose(-2, -1) * (d // heads) ** -0.5
+    return (F.softmax(scores, dim=-1) @ split(v)).transpose(1, 2).reshape(b, n, d)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"attention width {dim} (the last encoder channel count) must divide into {heads} heads")
+        self.heads = heads
+        self.q, self.kv, self.out = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        k, v = self.kv(context).chunk(2, dim=-1)
+        return self.out(multi_head_attention(self.q(x), k, v, self.heads))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm self-attention + MLP, both residual."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attention = Attention(dim, heads)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(x)
+        x = x + self.attention(h, h)
+        return x + self.mlp(self.norm2(x))
+
+
+class AttentionPool(nn.Module):
+    """The map's cells as tokens (with a learned position each) through self-attention blocks, then read
+    out by learned queries: (B, C, h, w) -> (B, queries * C). Unlike the spatial softmax, a query can weigh
+    what an object is against where it is, and relate several cells (ACT's transformer does this at 18M
+    parameters)."""
+
+    def __init__(self, channels: int, cells: int, layers: int, queries: int = ATTENTION_QUERIES,
+                 heads: int = ATTENTION_HEADS) -> None:
+        super().__init__()
+        self.position = nn.Parameter(torch.randn(cells, channels) * 0.02)
+        self.blocks = nn.Sequential(*[TransformerBlock(channels, heads) for _ in range(layers)])
+        self.queries = nn.Parameter(torch.randn(queries, channels) * 0.02)
+        self.norm = nn.LayerNorm(channels)
+        self.readout = Attention(channels, heads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.norm(self.blocks(x.flatten(2).transpose(1, 2) + self.position))  # (B, h*w, C)
+        queries = self.queries.expand(x.shape[0], -1, -1)
+        return self.readout(queries, tokens).flatten(1)
+
+
 def _conv_norm(c_in: int, c_out: int, stride: int, norm: str) -> list[nn.Module]:
     layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1)]
     if norm == "group":
@@ -171,7 +238,7 @@ class ResidualBlock(nn.Module):
 class CameraEncoder(nn.Module):
     def __init__(self, channels: tuple[int, ...], out_dim: int, strides: tuple[int, ...] | None = None,
                  pool: str = "spatial_softmax", image_size: tuple[int, int] = (96, 96), norm: str = "none",
-                 blocks: int = 0) -> None:
+                 blocks: int = 0, attention_layers: int = 2) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c_in = 3
@@ -184,11 +251,15 @@ class CameraEncoder(nn.Module):
                 layers += [*_conv_norm(c_in, c_out, stride, norm), nn.ReLU()]
             c_in = c_out
         self.conv = nn.Sequential(*layers)
-        if pool == "flatten":
+        if pool in ("flatten", "attention"):
             with torch.no_grad():
                 cells = self.conv(torch.zeros(1, 3, *image_size)).numel()
+        if pool == "flatten":
             self.pool: nn.Module = nn.Flatten()
             self.proj = nn.Linear(cells, out_dim)
+        elif pool == "attention":
+            self.pool = AttentionPool(c_in, cells // c_in, attention_layers)
+            self.proj = nn.Linear(ATTENTION_QUERIES * c_in, out_dim)
         else:
             self.pool = SpatialSoftmax()
             self.proj = nn.Linear(2 * c_in, out_dim)
@@ -235,7 +306,7 @@ class MultiTaskPolicy(nn.Module):
         self.encoders = nn.ModuleDict({c.name: CameraEncoder(config.encoder_channels, config.feature_dim,
                                                                  config.encoder_strides, config.encoder_pool,
                                                                  (c.height, c.width), config.encoder_norm,
-                                                                 config.encoder_blocks)
+                                                                 config.encoder_blocks, config.attention_layers)
                                        for c in self.observation.cameras})
         self.proprio_mlp = _mlp([p, config.proprio_hidden, config.feature_dim])
         self.fuse = nn.Linear(config.feature_dim * (len(self.encoders) + 1), config.feature_dim)

@@ -201,6 +201,45 @@ def test_a_residual_encoder_trains_and_survives_the_checkpoint_and_the_export(tm
         dataclasses.replace(SMALL, encoder_blocks=-1)
 
 
+def test_the_attention_pool_computes_attention_reads_positions_and_survives_the_export(tmp_path):
+    import torch
+
+    from mt_policy.model import ATTENTION_QUERIES, AttentionPool, multi_head_attention
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 3, 16), torch.randn(2, 7, 16), torch.randn(2, 7, 16)
+    reference = torch.cat([torch.nn.functional.scaled_dot_product_attention(q[..., h * 4:(h + 1) * 4], k[..., h * 4:(h + 1) * 4],
+                                                                             v[..., h * 4:(h + 1) * 4]) for h in range(4)], dim=-1)
+    assert torch.allclose(multi_head_attention(q, k, v, heads=4), reference, atol=1e-6)
+
+    pool = AttentionPool(channels=16, cells=12, layers=2)
+    feature_map = torch.randn(2, 16, 3, 4)
+    assert pool(feature_map).shape == (2, ATTENTION_QUERIES * 16)
+    # Without positions, attention cannot tell cells apart: shuffling them leaves the read-out unchanged.
+    # The learned positions are what let it say where something is.
+    shuffled = feature_map.flatten(2)[..., torch.randperm(12)].reshape(2, 16, 3, 4)
+    assert not torch.allclose(pool(feature_map), pool(shuffled), atol=1e-4)
+    with torch.no_grad():
+        pool.position.zero_()
+    assert torch.allclose(pool(feature_map), pool(shuffled), atol=1e-5)
+
+    pixels = dataclasses.replace(PIXELS, image_size=(48, 48))
+    config = dataclasses.replace(SMALL, encoder_pool="attention", attention_layers=1)
+    model = random_policy(("drawer-close-v3", "window-close-v3"), pixels, config)
+    model.train()
+    obs = {"obs/corner2": torch.randint(0, 256, (4, 48, 48, 3), dtype=torch.uint8), "obs/proprio": torch.randn(4, 4)}
+    model.head("drawer-close-v3", model.features(obs, torch.zeros(4, dtype=torch.long))).abs().mean().backward()
+    pool = model.encoders["corner2"].pool
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in (pool.position, pool.queries))
+    ckpt = save_checkpoint(model.eval(), tmp_path / "ckpt")
+    assert load_checkpoint(ckpt)[0].config.attention_layers == 1
+    assert export(ckpt, tmp_path / "export", log=lambda _: None).parity.ok
+    with pytest.raises(ValueError, match="attention_layers must be >= 0, got -1"):
+        dataclasses.replace(config, attention_layers=-1)
+    with pytest.raises(ValueError, match="attention width 10 .* must divide into 4 heads"):
+        MultiTaskPolicy(dataclasses.replace(config, encoder_channels=(8, 10)), model.tasks)
+
+
 def test_export_refuses_to_write_a_graph_that_fails_parity(tmp_path, monkeypatch):
     import deploy.onnx_export as onnx_export
 

@@ -61,11 +61,13 @@ class ModelCfg:
     encoder_strides: list[int] | None = None
     """Conv stride per layer (default: 2 for all but the last); see `ModelConfig.encoder_strides`."""
     encoder_pool: str = "spatial_softmax"
-    """spatial_softmax | flatten; see `ModelConfig.encoder_pool`."""
+    """spatial_softmax | flatten | attention; see `ModelConfig.encoder_pool`."""
     encoder_norm: str = "none"
     """none | group (GroupNorm after each conv); see `ModelConfig.encoder_norm`."""
     encoder_blocks: int = 0
     """0: one plain conv per layer; N: N residual blocks per layer; see `ModelConfig.encoder_blocks`."""
+    attention_layers: int = 2
+    """Self-attention blocks of the `attention` pool; see `ModelConfig.attention_layers`."""
     proprio_hidden: int = 64
     feature_dim: int = 256
     task_embedding_dim: int = 32
