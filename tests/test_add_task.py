@@ -42,9 +42,7 @@ def stores(tmp_path_factory) -> dict[str, Path]:
     return report.stores
 
 
-@pytest.fixture(scope="module")
-def source(tmp_path_factory, stores) -> Path:
-    """A tiny policy trained on the two old tasks (its run records their stores and a rehearsal buffer)."""
+def _train_source(tmp_path_factory, stores, *overrides: str) -> Path:
     register_configs()
     data = tmp_path_factory.mktemp("data")
     for name in OLD:
@@ -54,8 +52,14 @@ def source(tmp_path_factory, stores) -> Path:
             f"data.root={data}", "data.suite=null", "+data.tasks={drawer-close-v3:{},window-close-v3:{}}",
             "train.steps=40", "train.batch_size=32", "train.progress=false", "train.checkpoint_every=40",
             "train.rehearsal_per_task=50", "eval.final=false", "model.feature_dim=32", "model.trunk_dims=[32]",
-            "model.head_hidden=32", "model.action_chunk=4", "model.task_embedding_scale=1.0"])
+            "model.head_hidden=32", "model.action_chunk=4", "model.task_embedding_scale=1.0", *overrides])
     return Trainer(cfg, tmp_path_factory.mktemp("run")).fit()
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory, stores) -> Path:
+    """A tiny policy trained on the two old tasks (its run records their stores and a rehearsal buffer)."""
+    return _train_source(tmp_path_factory, stores)
 
 
 def _opts(source: Path, stores, tmp_path: Path, task: str = "drawer-open-v3", **kw) -> AddTaskOptions:
@@ -260,3 +264,24 @@ def test_the_new_row_starts_from_the_most_similar_task_by_description(source, st
     assert 0.8 < init["similarity"] <= 1.0  # "open the drawer" vs "push the drawer closed", not the window
     _, manifest = load_checkpoint(report["checkpoint"])
     assert manifest["provenance"]["add_task"]["init_from"] == init
+
+
+def test_a_source_trained_on_clipped_actions_gets_a_new_task_and_rehearsal_on_clipped_actions(source, stores, tmp_path,
+                                                                                              tmp_path_factory):
+    clipped_source = _train_source(tmp_path_factory, stores, "data.clip_actions=true")
+
+    def actions(p):
+        return {"drawer-open-v3": p.new_demos.arrays["action"]} | {t: d.arrays["action"] for t, d in p.old_stores.items()}
+
+    raw, clipped = plan(_opts(source, stores, tmp_path)), plan(_opts(clipped_source, stores, tmp_path))
+    assert raw.old_source == clipped.old_source == "stores"
+    # Meta-World's experts ask for more than the [-1, 1] the env executes: the plain source's run keeps that.
+    assert max(np.abs(a).max() for a in actions(raw).values()) > 1.0
+    for task, a in actions(clipped).items():
+        assert np.abs(a).max() <= 1.0, task
+        np.testing.assert_array_equal(a, np.clip(actions(raw)[task], -1.0, 1.0))
+    assert np.allclose(clipped.new_demos.stats["action"].mean, actions(clipped)["drawer-open-v3"].mean(axis=0), atol=1e-5)
+
+    grown, _ = load_checkpoint(add_task(_opts(clipped_source, stores, tmp_path))["checkpoint"])
+    new_index = grown.task_index["drawer-open-v3"]
+    assert np.allclose(getattr(grown, f"action_mean_{new_index}").numpy(), clipped.new_demos.stats["action"].mean)

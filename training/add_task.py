@@ -35,7 +35,7 @@ from mt_policy.sampler import WindowSampler, WindowSpec
 from training.data import MultiTaskBatcher
 from training.rehearsal import RehearsalBuffer
 from training.resume_state import restore_training_state, training_state
-from training.trainer import REHEARSAL, cosine_lr, ema_update, task_losses
+from training.trainer import REHEARSAL, clip_actions, cosine_lr, ema_update, task_losses
 
 STRATEGIES = ("rehearsal", "frozen", "finetune")
 REHEARSAL_SOURCES = ("auto", "stores", "buffer")
@@ -142,6 +142,11 @@ def plan(opts: AddTaskOptions) -> Plan:
     result.buffer = RehearsalBuffer.from_tensors(tensors) if tensors is not None else None
     if opts.strategy == "rehearsal" and opts.rehearsal_ratio > 0:
         _rehearsal_source(opts, result)
+    if config.get("data", {}).get("clip_actions"):
+        # The source trained on actions clipped to their bounds (its heads' statistics are of clipped values, its
+        # rehearsal buffer holds clipped windows): the new head and rehearsal from the stores must see the same.
+        result.new_demos = clip_actions({opts.task: result.new_demos})[opts.task]
+        result.old_stores = clip_actions(result.old_stores)
     result.init_from = _initial_row(opts, model, store.task.description)
     return result
 
@@ -281,7 +286,7 @@ def add_task(opts: AddTaskOptions, log=print) -> dict[str, Any]:
                 ema_update(ema, model, ema_decay, step)
             step += 1
             seconds += time.perf_counter() - began
-            bar.set_postfix(loss=f"{float(loss):.4f}", new=f"{float(losses[p.entry.name]):.4f}", refresh=False)
+            bar.set_postfix(loss=f"{loss.item():.4f}", new=f"{losses[p.entry.name].item():.4f}", refresh=False)
             bar.update(1)
             if step % opts.checkpoint_every == 0 and step < p.steps:
                 _save_partial(partial, opts, ema or model, model, optimizer, rng, step, seconds, p)
