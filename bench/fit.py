@@ -9,12 +9,15 @@ training loss itself (masked L1 on normalised action chunks), averaged per task,
     .venv/bin/python bench/fit.py --data runs/bench_mt10/demos --demos 50 RUN/checkpoints/last OTHER/checkpoints/last
 
 Every checkpoint must serve the same tasks from the same cameras with the same action chunk (otherwise
-their losses are not comparable). Prints a table; writes `--out` (default bench/results/fit.json).
+their losses are not comparable). A checkpoint trained with `data.clip_actions` is scored against the same
+windows' actions clipped to each task's bounds, the targets it trained on (the table says which). Prints a
+table; writes `--out` (default bench/results/fit.json).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -69,10 +72,24 @@ def fixed_batches(models: list[Any], data: Path, args: argparse.Namespace) -> li
     return [batcher.sample(rng, args.batch_size) for _ in range(args.batches)]
 
 
-def fit(model: Any, batches: list[Batch]) -> dict[str, float]:
+def trained_on_clipped_actions(manifest: dict[str, Any]) -> bool:
+    return bool((manifest.get("provenance") or {}).get("config", {}).get("data", {}).get("clip_actions"))
+
+
+def clipped(batch: Batch, model: Any) -> Batch:
+    """`batch` with each task's action targets clipped to the task's bounds (padding is masked in the loss anyway)."""
+    actions = {}
+    for task, a in batch.actions.items():
+        bounds = model.tasks[model.task_index[task]].schema.action
+        actions[task] = a.clamp(torch.as_tensor(bounds.low, dtype=a.dtype), torch.as_tensor(bounds.high, dtype=a.dtype))
+    return dataclasses.replace(batch, actions=actions)
+
+
+def fit(model: Any, batches: list[Batch], clip: bool = False) -> dict[str, float]:
     per_task: dict[str, list[float]] = {}
     with torch.no_grad():
         for batch in batches:
+            batch = clipped(batch, model) if clip else batch
             for task, loss in task_losses(model, batch)[0].items():
                 per_task.setdefault(task, []).append(float(loss))
     return {task: float(np.mean(values)) for task, values in per_task.items()}
@@ -88,14 +105,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     rows = []
-    print(f"{'checkpoint':<60} {'train samples':>13} {'mean L1':>8}")
+    print(f"{'checkpoint':<60} {'train samples':>13} {'targets':>8} {'mean L1':>8}")
     for path, model, (_, manifest) in zip(args.checkpoints, models, loaded, strict=True):
         train = manifest.get("provenance", {}).get("config", {}).get("train", {})
         samples = train["steps"] * train["batch_size"] if "steps" in train else None
-        per_task = fit(model, batches)
-        rows.append({"checkpoint": str(path), "train_samples": samples, "mean_l1": float(np.mean(list(per_task.values()))),
-                     "per_task_l1": per_task})
-        print(f"{str(path):<60} {samples if samples is not None else '-':>13} {rows[-1]['mean_l1']:>8.4f}")
+        clip = trained_on_clipped_actions(manifest)
+        per_task = fit(model, batches, clip)
+        rows.append({"checkpoint": str(path), "train_samples": samples, "targets": "clipped" if clip else "recorded",
+                     "mean_l1": float(np.mean(list(per_task.values()))), "per_task_l1": per_task})
+        print(f"{str(path):<60} {samples if samples is not None else '-':>13} {rows[-1]['targets']:>8} "
+              f"{rows[-1]['mean_l1']:>8.4f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"command": "python bench/fit.py " + " ".join(sys.argv[1:] if argv is None else argv),
                                     "windows": args.batches * args.batch_size, "seed": args.seed, "demos": args.demos,

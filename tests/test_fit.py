@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from conftest import load_bench
-from toy_training import run_config
+from toy_training import run_config, write_toy_stores
 
 from training.trainer import Trainer
 
@@ -47,3 +49,25 @@ def test_checkpoints_that_cannot_be_compared_are_refused(fit_bench, stores, tmp_
     shutil.copytree(stores / "four.zarr", stores / "two.zarr")  # a store of another task under this task's name
     assert fit_bench.main([str(four_chunk), "--data", str(stores), "--out", str(tmp_path / "f.json")]) == 2
     assert "two.zarr: holds task 'four'" in capsys.readouterr().err
+
+
+def test_a_run_on_clipped_actions_is_scored_against_clipped_actions(fit_bench, tmp_path, capsys):
+    root = write_toy_stores(tmp_path / "data", action_gain=3.0)  # targets up to 3x the [-1, 1] bounds
+    plain = _trained(root, tmp_path, "plain", 120)
+    clip = _trained(root, tmp_path, "clip", 120, **{"data.clip_actions": True})
+    out = tmp_path / "fit.json"
+    assert fit_bench.main([str(plain), str(clip), "--data", str(root), "--batches", "5", "--out", str(out)]) == 0
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["targets"] for r in runs] == ["recorded", "clipped"]
+    assert "clipped" in capsys.readouterr().out
+
+    from mt_policy.checkpoint import load_checkpoint
+
+    model = load_checkpoint(clip)[0]
+    batches = fit_bench.fixed_batches([model], root, SimpleNamespace(checkpoints=[clip], demos=None, batch_size=64,
+                                                                     batches=5, seed=123))
+    assert all(fit_bench.clipped(b, model).actions["four"].abs().max() <= 1.0 for b in batches)
+    # Scored against the recorded actions, the clipped run would be charged for magnitudes it never trained on.
+    recorded = np.mean(list(fit_bench.fit(model, batches).values()))
+    assert runs[1]["mean_l1"] == pytest.approx(np.mean(list(fit_bench.fit(model, batches, clip=True).values())))
+    assert runs[1]["mean_l1"] < 0.8 * recorded
