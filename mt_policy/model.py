@@ -47,7 +47,9 @@ class ModelConfig:
     """How a camera's last conv map becomes a vector: `spatial_softmax` (x, y of each channel's peak) or
     `flatten` (every cell of the map through one linear layer: keeps small objects a softmax may miss) or
     `attention` (the cells as tokens with learned positions, `attention_layers` self-attention blocks, then
-    `ATTENTION_QUERIES` learned queries read them out: ACT's structure over its feature map, at our scale)."""
+    `ATTENTION_QUERIES` learned queries read them out: ACT's structure over its feature map, at our scale).
+    `spatial_softmax` stays the default: `attention` trains at about half its speed on 2 CPU cores and measured
+    no better per sample on MT10 (bench/RESULTS.md, the peers section)."""
     attention_layers: int = 2
     """Self-attention blocks over the map's cells when `encoder_pool` is `attention` (ignored otherwise)."""
     encoder_norm: str = "none"
@@ -147,14 +149,18 @@ class SpatialSoftmax(nn.Module):
         return keypoints.transpose(1, 2).reshape(b, 2 * c)  # (B, 2C): all x, then all y
 
 
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, N, D) -> (B, heads, N, D / heads)."""
+    return x.reshape(x.shape[0], x.shape[1], heads, x.shape[2] // heads).transpose(1, 2)
+
+
 def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v per head, for (B, N, D) inputs. Written out in matmuls (not torch's fused
-    kernels) so the ONNX graph is plain MatMul/Softmax that every runtime and TensorRT takes."""
+    """softmax(q k^T / sqrt(d)) v per head, for (B, N, D) inputs. Written out in matmuls rather than torch's
+    fused attention, so the traced ONNX graph holds plain MatMul/Softmax nodes, not an attention op that
+    the graph's opset or a runtime may lack."""
     b, n, d = q.shape
-    def split(x: torch.Tensor) -> torch.Tensor:  # (B, N, D) -> (B, heads, N, D/heads)
-        return x.reshape(x.shape[0], x.shape[1], heads, d // heads).transpose(1, 2)
-    scores = split(q) @ split(k).transpose(-2, -1) * (d // heads) ** -0.5
-    return (F.softmax(scores, dim=-1) @ split(v)).transpose(1, 2).reshape(b, n, d)
+    scores = _split_heads(q, heads) @ _split_heads(k, heads).transpose(-2, -1) * (d // heads) ** -0.5
+    return (F.softmax(scores, dim=-1) @ _split_heads(v, heads)).transpose(1, 2).reshape(b, n, d)
 
 
 class Attention(nn.Module):
