@@ -72,10 +72,6 @@ def fixed_batches(models: list[Any], data: Path, args: argparse.Namespace) -> li
     return [batcher.sample(rng, args.batch_size) for _ in range(args.batches)]
 
 
-def trained_on_clipped_actions(manifest: dict[str, Any]) -> bool:
-    return bool((manifest.get("provenance") or {}).get("config", {}).get("data", {}).get("clip_actions"))
-
-
 def clipped(batch: Batch, model: Any) -> Batch:
     """`batch` with each task's action targets clipped to the task's bounds (padding is masked in the loss anyway)."""
     actions = {}
@@ -107,9 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     print(f"{'checkpoint':<60} {'train samples':>13} {'targets':>8} {'mean L1':>8}")
     for path, model, (_, manifest) in zip(args.checkpoints, models, loaded, strict=True):
-        train = manifest.get("provenance", {}).get("config", {}).get("train", {})
+        config = (manifest.get("provenance") or {}).get("config", {})
+        train = config.get("train", {})
         samples = train["steps"] * train["batch_size"] if "steps" in train else None
-        clip = trained_on_clipped_actions(manifest)
+        clip = bool(config.get("data", {}).get("clip_actions"))
         per_task = fit(model, batches, clip)
         rows.append({"checkpoint": str(path), "train_samples": samples, "targets": "clipped" if clip else "recorded",
                      "mean_l1": float(np.mean(list(per_task.values()))), "per_task_l1": per_task})

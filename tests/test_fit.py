@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -64,8 +63,7 @@ def test_a_run_on_clipped_actions_is_scored_against_clipped_actions(fit_bench, t
     from mt_policy.checkpoint import load_checkpoint
 
     model = load_checkpoint(clip)[0]
-    batches = fit_bench.fixed_batches([model], root, SimpleNamespace(checkpoints=[clip], demos=None, batch_size=64,
-                                                                     batches=5, seed=123))
+    batches = fit_bench.fixed_batches([model], root, fit_bench.parse_args([str(clip), "--data", str(root), "--batches", "5"]))
     assert all(fit_bench.clipped(b, model).actions["four"].abs().max() <= 1.0 for b in batches)
     # Scored against the recorded actions, the clipped run would be charged for magnitudes it never trained on.
     recorded = np.mean(list(fit_bench.fit(model, batches).values()))
