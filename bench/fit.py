@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mt_policy.checkpoint import load_checkpoint
+from mt_policy.checkpoint import load_checkpoint, run_config
 from mt_policy.errors import MtPolicyError
 from training.config import ResolvedTask
 from training.data import Batch, MultiTaskBatcher
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     print(f"{'checkpoint':<60} {'train samples':>13} {'targets':>8} {'mean L1':>8}")
     for path, model, (_, manifest) in zip(args.checkpoints, models, loaded, strict=True):
-        config = (manifest.get("provenance") or {}).get("config", {})
+        config = run_config(manifest)
         train = config.get("train", {})
         samples = train["steps"] * train["batch_size"] if "steps" in train else None
         clip = bool(config.get("data", {}).get("clip_actions"))

@@ -51,7 +51,7 @@ import mt10  # noqa: E402  (bench/mt10.py: our policy's configuration, training 
 import numpy as np  # noqa: E402
 
 import sim  # noqa: E402, F401  (sets MUJOCO_GL before anything imports mujoco)
-from mt_policy.checkpoint import load_checkpoint, read_manifest  # noqa: E402
+from mt_policy.checkpoint import load_checkpoint, read_manifest, run_config  # noqa: E402
 from mt_policy.demo_store import DemoStore, LoadedDemos  # noqa: E402
 from mt_policy.lerobot_io import KeyMap  # noqa: E402
 from mt_policy.schema import ACTION_KEY, PROPRIO_KEY, ObservationSchema, TaskSchema  # noqa: E402
@@ -482,7 +482,7 @@ def run_ours(args: argparse.Namespace, data: Path, batch: int) -> dict[str, Any]
     ns = ours_namespace(args, batch)
     name, steps, run_dir = ours_name(batch), ns.steps, ns.work
     last = run_dir / "lerobot" / "checkpoints" / "last"
-    if last.exists() and read_manifest(last)["provenance"]["config"]["train"]["steps"] != steps:
+    if last.exists() and run_config(read_manifest(last)).get("train", {}).get("steps") != steps:
         raise SystemExit(f"{last} was trained for another number of samples; remove {last.parent.parent} or "
                          f"use another --work")
     checkpoint, figures = mt10.train("lerobot", ns, data)

@@ -95,6 +95,11 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
                                {"mt_policy.export": " (that is an exported policy, not a training checkpoint)"})
 
 
+def run_config(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The run config a checkpoint was trained with, as its provenance recorded it ({} when none was)."""
+    return (manifest.get("provenance") or {}).get("config") or {}
+
+
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[MultiTaskPolicy, dict[str, Any]]:
     """Rebuild the model from `path` alone; return it (in eval mode) and the manifest."""
     path = Path(path)

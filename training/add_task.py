@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from mt_policy.checkpoint import WEIGHTS, load_checkpoint, load_extra, save_checkpoint
+from mt_policy.checkpoint import WEIGHTS, load_checkpoint, load_extra, run_config, save_checkpoint
 from mt_policy.demo_store import DemoStore, LoadedDemos
 from mt_policy.errors import MtPolicyError, SchemaError, UnknownNameError
 from mt_policy.model import MultiTaskPolicy, TaskEntry
@@ -94,10 +94,6 @@ class Plan:
     batch_size: int = 0
 
 
-def _source_config(manifest: dict[str, Any]) -> dict[str, Any]:
-    return (manifest.get("provenance") or {}).get("config") or {}
-
-
 def plan(opts: AddTaskOptions) -> Plan:
     """Check every input; raise AddTaskError saying what to fix before anything trains."""
     if opts.strategy not in STRATEGIES:
@@ -134,7 +130,7 @@ def plan(opts: AddTaskOptions) -> Plan:
         raise AddTaskError(f"{opts.demos} records proprio as {obs.proprio_source}, the policy reads {want.proprio_source}")
     if opts.init_from is not None and opts.init_from not in model.task_index:
         raise AddTaskError(f"--init-from {opts.init_from!r} is not a task of the checkpoint ({', '.join(model.task_index)})")
-    config = _source_config(manifest)
+    config = run_config(manifest)
     result = Plan(model, manifest, TaskEntry(store.task, schema), store.load(cameras=want.camera_names), "none",
                   steps=opts.steps or max(1, int(config.get("train", {}).get("steps", 2000)) // 5),
                   batch_size=opts.batch_size or int(config.get("train", {}).get("batch_size", 128)))
@@ -256,9 +252,9 @@ def add_task(opts: AddTaskOptions, log=print) -> dict[str, Any]:
                           seed=opts.seed)
     new_index = model.task_index[p.entry.name]
     groups = _trainable(model, opts.strategy, new_index)
-    decay = float(_source_config(p.manifest).get("optim", {}).get("weight_decay", 1e-4))
+    decay = float(run_config(p.manifest).get("optim", {}).get("weight_decay", 1e-4))
     optimizer = torch.optim.AdamW(groups, lr=opts.lr, weight_decay=decay)
-    ema_decay = float(_source_config(p.manifest).get("optim", {}).get("ema_decay", 0.0))
+    ema_decay = float(run_config(p.manifest).get("optim", {}).get("ema_decay", 0.0))
     ema = copy.deepcopy(model) if ema_decay > 0 and opts.strategy != "frozen" else None
     batches = RehearsalBatches(model, p, opts.rehearsal_ratio if opts.strategy == "rehearsal" else 0.0)
     rng = np.random.default_rng(opts.seed)
@@ -344,7 +340,7 @@ def _save_final(out: Path, partial: Path, opts: AddTaskOptions, policy: MultiTas
         "add_task": record,
         "lineage": [*(source.get("lineage") or []), record],
     }
-    per_task = int(_source_config(p.manifest).get("train", {}).get("rehearsal_per_task", 200))
+    per_task = int(run_config(p.manifest).get("train", {}).get("rehearsal_per_task", 200))
     chunk = policy.config.action_chunk
     old = p.buffer
     if old is None and p.old_stores:  # an older checkpoint without a buffer: build the old tasks' part now
