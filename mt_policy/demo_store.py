@@ -32,6 +32,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 from mt_policy.errors import SchemaError, StoreError
 from mt_policy.schema import ACTION_KEY, TaskInfo, TaskSchema, check_frames
 from mt_policy.stats import RunningStats
+from mt_policy.versioned_json import check_format
 
 FORMAT = "mt_policy.demo_store"
 FORMAT_VERSION = 1
@@ -149,16 +150,7 @@ class DemoStore:
         except Exception as err:  # zarr raises several types for unreadable metadata
             raise StoreError(f"{path}: not a readable zarr v3 group ({type(err).__name__}: {err})") from None
         attrs = dict(group.attrs)
-        if attrs.get("format") != FORMAT:
-            raise StoreError(f"{path}: not a demo store (attribute 'format' is {attrs.get('format')!r}, expected {FORMAT!r})")
-        version = attrs.get("format_version")
-        if not isinstance(version, int) or version < 1:
-            raise StoreError(f"{path}: attribute 'format_version' is {version!r}, expected a positive integer")
-        if version > FORMAT_VERSION:
-            raise StoreError(
-                f"{path}: written by a newer mt_policy (format_version {version}; this version reads up to "
-                f"{FORMAT_VERSION}); upgrade mt_policy to read it"
-            )
+        check_format(attrs, str(path), FORMAT, FORMAT_VERSION, StoreError, field_kind="attribute")
         try:
             store = cls(path, group, writable=mode == "a")
         except SchemaError as err:

@@ -1,5 +1,6 @@
-"""Reading the JSON manifests we write (checkpoint, export, LeRobot peer): parse, then check the format tag
-and that the format version is one this mt_policy understands. Errors name the file and the field."""
+"""Reading what we write with a format tag (checkpoint, export and LeRobot peer manifests; demo store
+attributes): check the tag and that the format version is one this mt_policy understands. Errors name the
+file and the field."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 from mt_policy.errors import MtPolicyError
 
-__all__ = ["read_versioned_json"]
+__all__ = ["check_format", "read_versioned_json"]
 
 
 def read_versioned_json(file: Path, fmt: str, newest: int, error: type[MtPolicyError],
@@ -26,13 +27,23 @@ def read_versioned_json(file: Path, fmt: str, newest: int, error: type[MtPolicyE
         raise error(f"{file}: not valid JSON ({err})") from None
     if not isinstance(manifest, dict):
         raise error(f"{file}: expected a JSON object, got {type(manifest).__name__}")
-    if manifest.get("format") != fmt:
-        hint = (other_formats or {}).get(manifest.get("format"), "")
-        raise error(f"{file}: 'format' is {manifest.get('format')!r}, expected {fmt!r}{hint}")
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise error(f"{file}: 'format_version' is {version!r}, expected a positive integer")
-    if version > newest:
-        raise error(f"{file}: format_version {version} is newer than this mt_policy reads ({newest}); "
-                    f"upgrade mt_policy")
+    check_format(manifest, str(file), fmt, newest, error, other_formats)
     return manifest
+
+
+def check_format(fields: Mapping[str, Any], where: str, fmt: str, newest: int, error: type[MtPolicyError],
+                 other_formats: Mapping[str, str] | None = None, field_kind: str = "") -> None:
+    """Raise `error` unless `fields` says `format` `fmt` at a `format_version` in 1..`newest`.
+
+    `where` starts every message (the file or store); `field_kind` names what the fields are when that helps
+    (a zarr group's "attribute")."""
+    prefix = f"{where}: {field_kind + ' ' if field_kind else ''}"
+    if fields.get("format") != fmt:
+        hint = (other_formats or {}).get(fields.get("format"), "")
+        raise error(f"{prefix}'format' is {fields.get('format')!r}, expected {fmt!r}{hint}")
+    version = fields.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise error(f"{prefix}'format_version' is {version!r}, expected a positive integer")
+    if version > newest:
+        raise error(f"{where}: format_version {version} is newer than this mt_policy reads ({newest}); "
+                    f"upgrade mt_policy")

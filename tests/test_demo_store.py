@@ -491,7 +491,7 @@ def test_open_store_from_newer_format_version_raises(demo):
     assert str(demo.path) in msg and "newer" in msg and f"format_version {FORMAT_VERSION + 1}" in msg
 
 
-@pytest.mark.parametrize("bad", [0, "1", None])
+@pytest.mark.parametrize("bad", [0, "1", None, True])
 def test_open_store_with_invalid_format_version_raises(demo, bad):
     zgroup(demo.path).attrs["format_version"] = bad
     msg = open_error(demo.path)
