@@ -54,16 +54,14 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def roll_out(args: argparse.Namespace) -> dict[str, Any]:
     model, _ = load_checkpoint(args.checkpoint)
-    entry = next((e for e in model.tasks if e.name == args.task), None)
-    if entry is None:
-        raise MtPolicyError(f"{args.checkpoint}: no task {args.task!r} (it serves {', '.join(model.task_index)})")
+    predict = torch_predictor(model, args.task)  # refuses a task the checkpoint lacks, listing those it serves
+    entry = model.tasks[model.task_index[args.task]]
     if not 0 <= args.axis < entry.schema.action.size:
         raise MtPolicyError(f"--axis {args.axis}: {args.task} actions have {entry.schema.action.size} components")
     obs_config = observation_config(model.observation)
     env = registry_spec(entry, obs_config, None).make_env(obs_config)
     if not hasattr(env, "expert_action"):
         raise MtPolicyError(f"{args.task}: its environment has no scripted expert to order placements by")
-    predict = torch_predictor(model, args.task)
     limit = entry.schema.max_episode_steps
     max_steps = min(args.max_steps or limit, limit)
     position = slice(0, min(3, entry.schema.action.size))  # the hand's motion; the gripper says nothing of placement

@@ -60,7 +60,7 @@ def test_outcomes_are_sorted_by_the_experts_first_move_on_the_evaluation_seeds(b
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--task", "push-v3"], "no task 'push-v3'"),
+    (["--task", "push-v3"], "unknown task 'push-v3'; known tasks: door-open-v3, reach-v3"),
     (["--task", TASK, "--axis", "4"], "--axis 4"),
     (["--task", TASK, "--episodes", "0"], "--episodes must be at least 1"),
 ])
