@@ -32,6 +32,7 @@ from deploy.runtime import PolicyRuntime  # noqa: E402
 from mt_policy.checkpoint import save_checkpoint  # noqa: E402
 from mt_policy.model import ModelConfig, MultiTaskPolicy, TaskEntry  # noqa: E402
 from mt_policy_ros.conversions import array_to_image  # noqa: E402
+from mt_policy_ros.sim_bridge import set_parameters_resending  # noqa: E402
 from sim.tasks import ObservationConfig, get_task  # noqa: E402
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ros2_ws" / "src" / "mt_policy"
@@ -106,9 +107,7 @@ class Harness:
 
     def set(self, name: str, value) -> tuple[bool, str]:
         assert self.params.wait_for_services(timeout_sec=10.0)
-        future = self.params.set_parameters([Parameter(name, value=value)])
-        self.executor.spin_until_future_complete(future, timeout_sec=10.0)
-        result = future.result().results[0]
+        result = set_parameters_resending(self.executor, self.params, [Parameter(name, value=value)], timeout_s=10.0)[0]
         return result.successful, result.reason
 
     def close(self) -> int:

@@ -17,11 +17,16 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 
 from conftest import random_policy  # noqa: E402
+from rcl_interfaces.msg import SetParametersResult  # noqa: E402
+from rcl_interfaces.srv import SetParameters  # noqa: E402
+from rclpy.callback_groups import ReentrantCallbackGroup  # noqa: E402
 from rclpy.context import Context  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
+from rclpy.parameter_client import AsyncParameterClient  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from rclpy.signals import SignalHandlerOptions  # noqa: E402
+from rclpy.task import Future  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_msgs.msg import Float32MultiArray  # noqa: E402
 
@@ -33,7 +38,7 @@ from mt_policy.errors import UnknownNameError  # noqa: E402
 from mt_policy.model import ModelConfig  # noqa: E402
 from mt_policy.seeds import EVAL_SEEDS  # noqa: E402
 from mt_policy_ros.eval_over_ros import evaluate_over_ros, ros_domain_id  # noqa: E402
-from mt_policy_ros.sim_bridge import SimRobot  # noqa: E402
+from mt_policy_ros.sim_bridge import SERVER_NODE, BridgeError, SimRobot, set_server_task  # noqa: E402
 from sim.evaluate import EvalError, evaluate, run_episode  # noqa: E402
 from sim.tasks import ObservationConfig, get_task  # noqa: E402
 
@@ -172,3 +177,37 @@ def test_cli_eval_over_ros_and_refusals(exports, tmp_path, capsys):
         evaluate_over_ros(exports["state"], tmp_path / "x", tasks="push-v3")
     with pytest.raises(EvalError, match="serve node exited with status"):  # a server that cannot start
         evaluate_over_ros(exports["state"], tmp_path / "gpu", episodes=1, provider="tensorrt-engine", startup_timeout_s=30)
+
+
+def test_set_server_task_resends_a_request_whose_reply_was_lost(ros_context):
+    """A set-parameters service that leaves its first request unanswered (a reply lost after discovery)."""
+    namespace = "/test_set_task"
+    server = Node(SERVER_NODE, namespace=namespace, context=ros_context, start_parameter_services=False)
+    requests, never = [], Future()
+
+    async def answer(request, response):
+        requests.append([p.value.string_value for p in request.parameters])
+        if len(requests) == 1:
+            await never  # this reply is lost
+        response.results = [SetParametersResult(successful=True)]
+        return response
+
+    # Reentrant: the next request is served while the first one still waits.
+    service = server.create_service(SetParameters, f"{SERVER_NODE}/set_parameters", answer,
+                          callback_group=ReentrantCallbackGroup())
+    caller = Node("caller", namespace=namespace, context=ros_context)
+    executor = SingleThreadedExecutor(context=ros_context)
+    executor.add_node(server)
+    executor.add_node(caller)
+    client = AsyncParameterClient(caller, f"{namespace}/{SERVER_NODE}")
+    try:
+        # (client.wait_for_services would wait for all six parameter services; the stand-in has one)
+        assert caller.create_client(SetParameters, f"{namespace}/{SERVER_NODE}/set_parameters").wait_for_service(10.0)
+        set_server_task(executor, client, "reach-v3", timeout_s=10.0, resend_s=0.3)
+        assert requests == [["reach-v3"], ["reach-v3"]]  # answered on the second request
+        server.destroy_service(service)  # now nobody answers: an error once the time is up
+        with pytest.raises(BridgeError, match=r"no answer to setting task=push-v3 within 0\.5 s \([1-3] requests sent\)"):
+            set_server_task(executor, client, "push-v3", timeout_s=0.5, resend_s=0.2)
+    finally:
+        caller.destroy_node()
+        server.destroy_node()

@@ -14,6 +14,7 @@ The server's output goes to `serve_node.log` in the output directory. No videos.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import json
 import os
 import signal
@@ -57,6 +58,9 @@ STEP_TIMEOUT_S = 10.0
 """Per action. The serve node's MultiThreadedExecutor (rclpy 9.1, without the fix of ros2/rclpy#1547)
 answers most observations within milliseconds but some only after up to ~3 s (measured); a lost
 message would never be answered."""
+
+
+_EVAL_COUNT = itertools.count()
 
 
 def ros_domain_id(pid: int | None = None) -> int:
@@ -168,7 +172,9 @@ def evaluate_over_ros(
     out_dir.mkdir(parents=True, exist_ok=True)
     names = list(specs)
     outcomes: dict[str, list[EpisodeOutcome]] = {n: [] for n in names}
-    domain_id, namespace = ros_domain_id(), f"/mt_policy_eval_{os.getpid()}"
+    # A namespace of its own per evaluation: a server of an earlier one in this process (same pid, same
+    # domain) that DDS has not yet forgotten must not answer for, or be mistaken for, this one's.
+    domain_id, namespace = ros_domain_id(), f"/mt_policy_eval_{os.getpid()}_{next(_EVAL_COUNT)}"
     context = Context()
     robot: SimRobot | None = None
     node: Node | None = None
@@ -196,7 +202,7 @@ def evaluate_over_ros(
                         set_server_task(executor, client, name, timeout_s)
                     except BridgeError as err:
                         server.check_alive()
-                        raise EvalError(str(err)) from None
+                        raise EvalError(f"{err}; the server log ({server.log_path}) ends:\n{server.tail()}") from None
                     _episode(robot, executor, server, seed, limits[name], timeout_s)
                     outcome = EpisodeOutcome(name, seed, robot.success, robot.steps)
                     outcomes[name].append(outcome)

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import rclpy
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.executors import Executor, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -205,14 +206,38 @@ class SimRobot:
         self.node.destroy_node()
 
 
-def set_server_task(executor: Executor, client: AsyncParameterClient, task: str, timeout_s: float) -> None:
-    """Set the serve node's `task` parameter (this resets its action queue and inputs), waiting for its answer."""
-    future = client.set_parameters([Parameter("task", Parameter.Type.STRING, task)])
-    executor.spin_until_future_complete(future, timeout_sec=timeout_s)
-    if not future.done():
+PARAMETER_RESEND_S = 1.0
+"""Resend an unanswered set-parameters request after this long. Just after discovery a reply can be
+lost (the server may answer before it has matched our reply reader, a known DDS service race), and
+DDS never resends it; setting the same values again is harmless."""
+
+
+def set_parameters_resending(executor: Executor, client: AsyncParameterClient, parameters: list[Parameter],
+                             timeout_s: float, resend_s: float = PARAMETER_RESEND_S) -> list[SetParametersResult]:
+    """Set a remote node's parameters, sending the request again every `resend_s` until it answers.
+
+    Returns its per-parameter results; raises BridgeError when no answer came within `timeout_s`.
+    """
+    deadline = time.monotonic() + timeout_s
+    attempts = 0
+    while True:
+        future = client.set_parameters(parameters)
+        attempts += 1
+        executor.spin_until_future_complete(future, timeout_sec=max(0.0, min(resend_s, deadline - time.monotonic())))
+        if future.done():
+            return list(future.result().results)
         future.cancel()
-        raise BridgeError(f"{client.remote_node_name}: no answer to setting task={task} within {timeout_s:g} s")
-    result = future.result().results[0]
+        if time.monotonic() >= deadline:
+            names = ", ".join(f"{p.name}={p.value}" for p in parameters)
+            raise BridgeError(f"{client.remote_node_name}: no answer to setting {names} within {timeout_s:g} s "
+                              f"({attempts} requests sent)")
+
+
+def set_server_task(executor: Executor, client: AsyncParameterClient, task: str, timeout_s: float,
+                    resend_s: float = PARAMETER_RESEND_S) -> None:
+    """Set the serve node's `task` parameter (this resets its action queue and inputs), waiting for its answer."""
+    result = set_parameters_resending(executor, client, [Parameter("task", Parameter.Type.STRING, task)],
+                                      timeout_s, resend_s)[0]
     if not result.successful:
         raise BridgeError(f"{client.remote_node_name} refused task={task}: {result.reason}")
 
