@@ -32,7 +32,7 @@ from deploy.runtime import PolicyRuntime  # noqa: E402
 from mt_policy.checkpoint import save_checkpoint  # noqa: E402
 from mt_policy.model import ModelConfig, MultiTaskPolicy, TaskEntry  # noqa: E402
 from mt_policy_ros.conversions import array_to_image  # noqa: E402
-from mt_policy_ros.sim_bridge import set_parameters_resending  # noqa: E402
+from mt_policy_ros.sim_bridge import call_resending, set_parameters_resending  # noqa: E402
 from sim.tasks import ObservationConfig, get_task  # noqa: E402
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ros2_ws" / "src" / "mt_policy"
@@ -240,9 +240,9 @@ def test_config_serve_yaml_loads_into_the_node(harness):
     if not config.is_file():
         pytest.skip("config/serve.yaml not written yet")
     h = harness(params_file=config)
-    future = h.params.get_parameters(["on_stale", "max_input_age_s", "qos_reliability"])
-    h.executor.spin_until_future_complete(future, timeout_sec=10.0)
-    values = [v.string_value or v.double_value for v in future.result().values]
+    answer = call_resending(h.executor, lambda: h.params.get_parameters(["on_stale", "max_input_age_s", "qos_reliability"]),
+                            "getting the serve parameters", timeout_s=10.0)
+    values = [v.string_value or v.double_value for v in answer.values]
     assert values[0] in ("stop", "hold") and values[1] > 0 and values[2] in ("best_effort", "reliable")
     h.run(0.5, IMAGE, PROPRIO)
     assert not h.actions  # the shipped config keeps actuation off until asked

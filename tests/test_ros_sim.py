@@ -194,7 +194,7 @@ def test_set_server_task_resends_a_request_whose_reply_was_lost(ros_context):
 
     # Reentrant: the next request is served while the first one still waits.
     service = server.create_service(SetParameters, f"{SERVER_NODE}/set_parameters", answer,
-                          callback_group=ReentrantCallbackGroup())
+                                    callback_group=ReentrantCallbackGroup())
     caller = Node("caller", namespace=namespace, context=ros_context)
     executor = SingleThreadedExecutor(context=ros_context)
     executor.add_node(server)
@@ -206,7 +206,8 @@ def test_set_server_task_resends_a_request_whose_reply_was_lost(ros_context):
         set_server_task(executor, client, "reach-v3", timeout_s=10.0, resend_s=0.3)
         assert requests == [["reach-v3"], ["reach-v3"]]  # answered on the second request
         server.destroy_service(service)  # now nobody answers: an error once the time is up
-        with pytest.raises(BridgeError, match=r"no answer to setting task=push-v3 within 0\.5 s \([1-3] requests sent\)"):
+        lost = r"no answer to setting task=push-v3 on /test_set_task/mt_policy_server within 0\.5 s \([1-3] requests sent\)"
+        with pytest.raises(BridgeError, match=lost):
             set_server_task(executor, client, "push-v3", timeout_s=0.5, resend_s=0.2)
     finally:
         caller.destroy_node()

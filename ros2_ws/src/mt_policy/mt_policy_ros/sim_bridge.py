@@ -32,6 +32,7 @@ from rclpy.parameter import Parameter
 from rclpy.parameter_client import AsyncParameterClient
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
+from rclpy.task import Future
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32MultiArray
 
@@ -207,30 +208,37 @@ class SimRobot:
 
 
 PARAMETER_RESEND_S = 1.0
-"""Resend an unanswered set-parameters request after this long. Just after discovery a reply can be
-lost (the server may answer before it has matched our reply reader, a known DDS service race), and
-DDS never resends it; setting the same values again is harmless."""
+"""Resend an unanswered parameter request after this long. Just after discovery a reply can be lost
+(the server may answer before it has matched our reply reader, a known DDS service race), and DDS
+never resends it; getting, or setting to the same values, again is harmless."""
 
 
-def set_parameters_resending(executor: Executor, client: AsyncParameterClient, parameters: list[Parameter],
-                             timeout_s: float, resend_s: float = PARAMETER_RESEND_S) -> list[SetParametersResult]:
-    """Set a remote node's parameters, sending the request again every `resend_s` until it answers.
+def call_resending(executor: Executor, send: Callable[[], Future], what: str, timeout_s: float,
+                   resend_s: float = PARAMETER_RESEND_S) -> Any:
+    """`send()` a service request (one that may be repeated), again every `resend_s` until one is answered.
 
-    Returns its per-parameter results; raises BridgeError when no answer came within `timeout_s`.
+    Returns the answer; raises BridgeError naming `what` when none came within `timeout_s`.
     """
     deadline = time.monotonic() + timeout_s
     attempts = 0
     while True:
-        future = client.set_parameters(parameters)
+        future = send()
         attempts += 1
         executor.spin_until_future_complete(future, timeout_sec=max(0.0, min(resend_s, deadline - time.monotonic())))
         if future.done():
-            return list(future.result().results)
+            return future.result()
         future.cancel()
         if time.monotonic() >= deadline:
-            names = ", ".join(f"{p.name}={p.value}" for p in parameters)
-            raise BridgeError(f"{client.remote_node_name}: no answer to setting {names} within {timeout_s:g} s "
-                              f"({attempts} requests sent)")
+            raise BridgeError(f"no answer to {what} within {timeout_s:g} s ({attempts} requests sent)")
+
+
+def set_parameters_resending(executor: Executor, client: AsyncParameterClient, parameters: list[Parameter],
+                             timeout_s: float, resend_s: float = PARAMETER_RESEND_S) -> list[SetParametersResult]:
+    """Set a remote node's parameters (see `call_resending`); returns the per-parameter results."""
+    names = ", ".join(f"{p.name}={p.value}" for p in parameters)
+    answer = call_resending(executor, lambda: client.set_parameters(parameters),
+                            f"setting {names} on {client.remote_node_name}", timeout_s, resend_s)
+    return list(answer.results)
 
 
 def set_server_task(executor: Executor, client: AsyncParameterClient, task: str, timeout_s: float,
