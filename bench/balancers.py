@@ -7,6 +7,9 @@ seeds; each run is then evaluated in sim on the same evaluation seeds. Prints a 
     .venv/bin/python bench/balancers.py                      # all balancers, 2 seeds
     .venv/bin/python bench/balancers.py --balancers equal,rgb --seeds 0 --steps 500   # a quick look
     .venv/bin/python bench/balancers.py --timing-only        # interleaved step times, all balancers
+    .venv/bin/python bench/balancers.py --set model.head_hidden=16 --work runs/bench_balancers_narrow  # a regime
+
+A run whose directory holds its result with the same settings is reused, so an interrupted sweep resumes.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -32,6 +36,7 @@ from training.config import register_configs
 from training.trainer import Trainer
 
 RESULTS = Path(__file__).resolve().parent / "results"
+RUN_RESULT = "bench_result.json"  # in each run's directory: lets an interrupted sweep resume
 # name -> extra overrides; rgb is measured with both final updates (see training/balancers.py)
 VARIANTS: dict[str, list[str]] = {
     "equal": [], "samples": [], "inverse_loss": [], "uncertainty": [], "gradnorm": [],
@@ -52,6 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--work", type=Path, default=Path("runs/bench_balancers"))
     p.add_argument("--out", type=Path, default=RESULTS / "balancers.json")
     p.add_argument("--timing-only", action="store_true", help="only the interleaved step-time measurement")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="extra training overrides for every run, e.g. model.head_hidden=16 (a regime)")
     return p.parse_args(argv)
 
 
@@ -60,10 +67,19 @@ def run_one(variant: str, seed: int, args: argparse.Namespace, data: Path) -> di
     overrides = [f"data.root={data}", f"data.suite={args.suite}", f"train.steps={args.steps}",
                  f"train.batch_size={args.batch_size}", f"train.seed={seed}", f"train.balancer={balancer}",
                  "train.progress=false", "train.log_every=50", "train.conflict_every=100",
-                 f"train.checkpoint_every={args.steps}", "model.task_embedding_scale=1.0", *VARIANTS[variant]]
+                 f"train.checkpoint_every={args.steps}", "model.task_embedding_scale=1.0", *args.set,
+                 *VARIANTS[variant]]
+    run_dir = args.work / f"{variant}_seed{seed}"
+    done = run_dir / RUN_RESULT
+    if done.is_file():  # a finished run of an interrupted sweep, with the same settings: reused
+        cached = json.loads(done.read_text())
+        if cached.get("overrides") == overrides:
+            print("  (reused)", flush=True)
+            return cached["result"]
     with initialize_config_module(config_module="training.conf", version_base="1.3"):
         cfg = compose("train", overrides=overrides)
-    run_dir = args.work / f"{variant}_seed{seed}"
+    if run_dir.exists():  # a run cut short, or one with other settings: start it again
+        shutil.rmtree(run_dir)
     trainer = Trainer(cfg, run_dir)
     start = time.perf_counter()
     checkpoint = trainer.fit()
@@ -76,7 +92,7 @@ def run_one(variant: str, seed: int, args: argparse.Namespace, data: Path) -> di
     def column(name: str) -> list[float]:
         return [float(r[name]) for r in rows if r.get(name) not in (None, "", "nan")]
 
-    return {
+    result = {
         "variant": variant, "seed": seed, "train_seconds": train_seconds,
         "step_ms": 1000 * train_seconds / args.steps,
         "success": {t: r["success_rate"] for t, r in result["tasks"].items()},
@@ -86,6 +102,8 @@ def run_one(variant: str, seed: int, args: argparse.Namespace, data: Path) -> di
         "conflict_cos_min": _mean(column("conflict/cos_min")),
         "update_cos_min": _mean(column("conflict/update_cos_min")),
     }
+    done.write_text(json.dumps({"overrides": overrides, "result": result}, indent=2) + "\n")
+    return result
 
 
 def time_steps(variants: list[str], args: argparse.Namespace, data: Path, steps: int = 60,
@@ -97,7 +115,7 @@ def time_steps(variants: list[str], args: argparse.Namespace, data: Path, steps:
         balancer = "rgb" if variant.startswith("rgb") else variant
         overrides = [f"data.root={data}", f"data.suite={args.suite}", f"train.batch_size={args.batch_size}",
                      f"train.balancer={balancer}", "train.conflict_every=0", "model.task_embedding_scale=1.0",
-                     "train.progress=false", *VARIANTS[variant]]
+                     "train.progress=false", *args.set, *VARIANTS[variant]]
         with initialize_config_module(config_module="training.conf", version_base="1.3"):
             cfg = compose("train", overrides=overrides)
         trainers[variant] = Trainer(cfg, args.work / "timing" / variant)
@@ -142,8 +160,9 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def markdown(table: dict[str, Any], args: argparse.Namespace) -> str:
     tasks = list(next(iter(table.values()))["per_task"])
     short = [t.removesuffix("-v3") for t in tasks]
+    regime = f", overrides {' '.join(args.set)}" if args.set else ""
     lines = [f"{args.suite} from full state, {args.demos} demos/task, {args.steps} steps of {args.batch_size}, "
-             f"seeds {args.seeds}, {args.episodes} eval episodes/task/seed (n_action_steps 4)", "",
+             f"seeds {args.seeds}, {args.episodes} eval episodes/task/seed (n_action_steps 4){regime}", "",
              "| balancer | mean success | seed spread | step time vs equal | conflicting pairs | min task cos | "
              "min update cos |", "|---|---:|---:|---:|---:|---:|---:|"]
     fmt = lambda v, s: "-" if v is None else format(v, s)  # noqa: E731
