@@ -447,6 +447,12 @@ def evaluated_alike(report: dict[str, Any], path: Path, kind: str, args: argpars
     return temporal_ensemble is not None or report["n_action_steps"] == wanted_steps
 
 
+def eval_dir(run_dir: Path, args: argparse.Namespace, ensemble: float | None = None) -> Path:
+    """Where a model's evaluation goes: one directory per episode count and way of running it, so that a
+    30-episode evaluation does not overwrite a 10-episode one and switching back and forth reuses both."""
+    return run_dir / (f"eval_{args.episodes}ep" + ("" if ensemble is None else f"_temporal_ensemble_{ensemble:g}"))
+
+
 def evaluate_once(path: Path, out_dir: Path, kind: str, args: argparse.Namespace, fresh: bool,
                   tasks: list[str] | None = None, n_action_steps: int | None = None,
                   temporal_ensemble: float | None = None) -> dict[str, Any]:
@@ -490,9 +496,7 @@ def run_ours(args: argparse.Namespace, data: Path, batch: int) -> dict[str, Any]
     latency = cached_latency(run_dir, lambda: ours_latency(checkpoint, args.latency_calls, args.latency_warmup),
                              args.latency_calls, args.latency_warmup, fresh)
     ensemble = args.temporal_ensemble
-    # Each way of running the policy keeps its own evaluation, so switching back and forth reuses both.
-    eval_dir = run_dir / ("eval" if ensemble is None else f"eval_temporal_ensemble_{ensemble:g}")
-    report = evaluate_once(checkpoint, eval_dir, "checkpoint", args, fresh,
+    report = evaluate_once(checkpoint, eval_dir(run_dir, args, ensemble), "checkpoint", args, fresh,
                            n_action_steps=None if ensemble is not None else args.n_action_steps,
                            temporal_ensemble=ensemble)
     prov = read_manifest(checkpoint)["provenance"]
@@ -522,7 +526,7 @@ def run_peer(peer: str, args: argparse.Namespace, demos: dict[str, LoadedDemos])
         print(f"[{peer}] trained earlier: {policy_dir}", flush=True)
     latency = cached_latency(run_dir, lambda: {"lerobot_select_action": peer_latency(
         policy_dir, args.latency_calls, args.latency_warmup)}, args.latency_calls, args.latency_warmup, fresh)
-    report = evaluate_once(policy_dir, run_dir / "eval", "lerobot", args, fresh)
+    report = evaluate_once(policy_dir, eval_dir(run_dir, args), "lerobot", args, fresh)
     first = next(iter(demos.values()))
     return _peer_row(peer, peer, manifest, [report], latency,
                      default_parameters(peer, first.schema, KeyMap.for_schema(first.schema).to_lerobot()))
@@ -543,7 +547,7 @@ def run_peer_per_task(peer: str, args: argparse.Namespace, demos: dict[str, Load
                                          args.peer_batch_size, args.seed, threads=args.threads), True
         manifests.append(manifest)
         seconds += manifest["provenance"]["train_seconds"]
-        reports.append(evaluate_once(run_dir / "policy", run_dir / "eval", "lerobot", args, fresh))
+        reports.append(evaluate_once(run_dir / "policy", eval_dir(run_dir, args), "lerobot", args, fresh))
     row = _peer_row(f"{peer}/per-task", peer, manifests[0], reports, latency, None) | {"latency_from": peer}
     train_samples = sum(m["provenance"]["samples"] for m in manifests)
     return row | {"models": len(manifests), "parameters": row["parameters"] * len(manifests),

@@ -169,6 +169,11 @@ def test_an_earlier_evaluation_is_reused_only_when_it_ran_the_same_way(peers, tm
                                      temporal_ensemble=0.01)
 
 
+def test_each_episode_count_and_way_of_running_keeps_its_own_evaluation(peers, tmp_path):
+    dirs = {peers.eval_dir(tmp_path, peers.parse_args(["--episodes", str(n)]), k) for n in (10, 30) for k in (None, 0.01)}
+    assert len(dirs) == 4 and all(d.parent == tmp_path for d in dirs)
+
+
 def test_temporal_ensembling_of_ours_is_checked_and_shown_in_the_table(peers, capsys):
     assert peers.main(["--temporal-ensemble", "-1"]) == 2  # refused before any collection or training
     assert "--temporal-ensemble -1: expected K >= 0" in capsys.readouterr().err
