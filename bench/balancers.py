@@ -84,7 +84,7 @@ def run_one(variant: str, seed: int, args: argparse.Namespace, data: Path) -> di
     start = time.perf_counter()
     checkpoint = trainer.fit()
     train_seconds = time.perf_counter() - start
-    result = evaluate(checkpoint, run_dir / "eval", episodes=args.episodes, workers=2, videos=0, n_action_steps=4,
+    report = evaluate(checkpoint, run_dir / "eval", episodes=args.episodes, workers=2, videos=0, n_action_steps=4,
                       progress=False)
     with (run_dir / "train_log.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -95,8 +95,8 @@ def run_one(variant: str, seed: int, args: argparse.Namespace, data: Path) -> di
     result = {
         "variant": variant, "seed": seed, "train_seconds": train_seconds,
         "step_ms": 1000 * train_seconds / args.steps,
-        "success": {t: r["success_rate"] for t, r in result["tasks"].items()},
-        "mean_success": result["mean_success"],
+        "success": {t: r["success_rate"] for t, r in report["tasks"].items()},
+        "mean_success": report["mean_success"],
         "final_loss": column("loss")[-1],
         "conflict_fraction": _mean(column("conflict/fraction")),
         "conflict_cos_min": _mean(column("conflict/cos_min")),
