@@ -150,7 +150,8 @@ class DemoStore:
         except Exception as err:  # zarr raises several types for unreadable metadata
             raise StoreError(f"{path}: not a readable zarr v3 group ({type(err).__name__}: {err})") from None
         attrs = dict(group.attrs)
-        check_format(attrs, str(path), FORMAT, FORMAT_VERSION, StoreError, field_kind="attribute")
+        check_format(attrs, str(path), FORMAT, FORMAT_VERSION, StoreError, field_kind="attribute",
+                     expected="an mt_policy demo store")
         try:
             store = cls(path, group, writable=mode == "a")
         except SchemaError as err:

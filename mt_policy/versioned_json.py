@@ -32,15 +32,17 @@ def read_versioned_json(file: Path, fmt: str, newest: int, error: type[MtPolicyE
 
 
 def check_format(fields: Mapping[str, Any], where: str, fmt: str, newest: int, error: type[MtPolicyError],
-                 other_formats: Mapping[str, str] | None = None, field_kind: str = "") -> None:
+                 other_formats: Mapping[str, str] | None = None, field_kind: str = "", expected: str = "") -> None:
     """Raise `error` unless `fields` says `format` `fmt` at a `format_version` in 1..`newest`.
 
     `where` starts every message (the file or store); `field_kind` names what the fields are when that helps
-    (a zarr group's "attribute")."""
+    (a zarr group's "attribute"); `expected` names what a wrong format means it is not ("an mt_policy demo
+    store")."""
     prefix = f"{where}: {field_kind + ' ' if field_kind else ''}"
     if fields.get("format") != fmt:
         hint = (other_formats or {}).get(fields.get("format"), "")
-        raise error(f"{prefix}'format' is {fields.get('format')!r}, expected {fmt!r}{hint}")
+        head = f"{where}: not {expected}; {field_kind + ' ' if field_kind else ''}" if expected else prefix
+        raise error(f"{head}'format' is {fields.get('format')!r}, expected {fmt!r}{hint}")
     version = fields.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise error(f"{prefix}'format_version' is {version!r}, expected a positive integer")

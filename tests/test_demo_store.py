@@ -482,7 +482,8 @@ def test_open_zarr_group_that_is_not_a_demo_store_raises(tmp_path, format_attr):
     if format_attr is not None:
         g.attrs["format"] = format_attr
     msg = open_error(path)
-    assert str(path) in msg and "attribute 'format'" in msg and repr(format_attr) in msg
+    assert str(path) in msg and "not an mt_policy demo store" in msg and "attribute 'format'" in msg
+    assert repr(format_attr) in msg and "expected 'mt_policy.demo_store'" in msg
 
 
 def test_open_store_from_newer_format_version_raises(demo):
