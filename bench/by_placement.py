@@ -17,14 +17,17 @@ Writes `--out` (default bench/results/by_placement.json).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-import sim  # noqa: F401  (sets MUJOCO_GL before anything imports mujoco)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ siblings
+
+from bench_json import write_json  # noqa: E402
+
+import sim  # noqa: E402, F401  (sets MUJOCO_GL before anything imports mujoco)
 from mt_policy.checkpoint import load_checkpoint
 from mt_policy.errors import MtPolicyError
 from mt_policy.runner import ChunkRunner, torch_predictor
@@ -106,8 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print("\n".join(report_lines(result)))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, args.out)
     print(f"wrote {args.out}")
     return 0
 

@@ -23,7 +23,6 @@ Results print as a table with targets and go to `bench/results/collect.json` (se
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -38,7 +37,11 @@ from typing import Any
 
 import numpy as np
 
-import sim.collect as sim_collect  # importing `sim` sets MUJOCO_GL before anything imports mujoco
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ siblings
+
+from bench_json import write_json  # noqa: E402
+
+import sim.collect as sim_collect  # noqa: E402  (importing `sim` sets MUJOCO_GL before anything imports mujoco)
 from mt_policy.demo_store import DemoStore
 from mt_policy.sampler import WindowSampler, WindowSpec
 from mt_policy.seeds import DEMO_SEEDS
@@ -322,13 +325,6 @@ def print_report(results: dict[str, Any]) -> None:
     print("  ".join("-" * w for w in widths))
     for row in table:
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
-
-
-def write_json(results: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(path)  # a reader never sees half a file
 
 
 # ---------------------------------------------------------------------------------------------- experts
