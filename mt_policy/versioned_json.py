@@ -38,11 +38,12 @@ def check_format(fields: Mapping[str, Any], where: str, fmt: str, newest: int, e
     `where` starts every message (the file or store); `field_kind` names what the fields are when that helps
     (a zarr group's "attribute"); `expected` names what a wrong format means it is not ("an mt_policy demo
     store")."""
-    prefix = f"{where}: {field_kind + ' ' if field_kind else ''}"
+    kind = f"{field_kind} " if field_kind else ""
+    prefix = f"{where}: {kind}"
     if fields.get("format") != fmt:
         hint = (other_formats or {}).get(fields.get("format"), "")
-        head = f"{where}: not {expected}; {field_kind + ' ' if field_kind else ''}" if expected else prefix
-        raise error(f"{head}'format' is {fields.get('format')!r}, expected {fmt!r}{hint}")
+        lead = f"not {expected}; " if expected else ""
+        raise error(f"{where}: {lead}{kind}'format' is {fields.get('format')!r}, expected {fmt!r}{hint}")
     version = fields.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise error(f"{prefix}'format_version' is {version!r}, expected a positive integer")
