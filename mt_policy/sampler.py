@@ -53,6 +53,7 @@ class WindowSampler:
         chosen = np.arange(len(ends)) if episodes is None else np.asarray(episodes, dtype=np.int64)
         if len(chosen) == 0:
             raise ValueError("no episodes to sample from")
+        self.episodes = chosen
         # Every frame of a chosen episode can anchor a window.
         self._anchor = np.concatenate([np.arange(starts[e], ends[e]) for e in chosen])
         frame_episode = np.repeat(np.arange(len(ends)), ends - starts)

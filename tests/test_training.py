@@ -95,6 +95,28 @@ def test_task_probabilities_for_each_mode():
     assert task_probabilities("proportional", counts, weights).tolist() == pytest.approx([0.2, 0.8])
     assert task_probabilities("temperature", counts, weights, temperature=2.0).tolist() == pytest.approx([1 / 3, 2 / 3])
     assert task_probabilities("uniform", counts, [3.0, 1.0]).tolist() == pytest.approx([0.75, 0.25])
+    assert task_probabilities("frames", counts, weights, frame_counts=[300, 100]).tolist() == pytest.approx([0.75, 0.25])
+    assert task_probabilities("frames", counts, [1.0, 3.0], frame_counts=[300, 100]).tolist() == pytest.approx([0.5, 0.5])
+    with pytest.raises(ValueError, match="'frames' needs one frame count per task"):
+        task_probabilities("frames", counts, weights)
+
+
+def test_sampling_counts_the_episodes_and_frames_training_draws_from(stores):
+    """`frames` shares slots as a loader shuffling every training frame would; `max_episodes` and the validation
+    hold-out shrink what a task counts for, in either mode."""
+    trainer = Trainer(run_config(stores, **{"data.sampling": "frames"}), stores.parent / "run_frames")
+    frames = {t: trainer.demos[t].n_frames for t in ("four", "two")}
+    assert trainer.probabilities.tolist() == pytest.approx([frames["four"] / sum(frames.values()),
+                                                            frames["two"] / sum(frames.values())])
+    capped = Trainer(run_config(stores, **{"data.sampling": "proportional", "data.max_episodes": 3}),
+                     stores.parent / "run_capped")
+    assert capped.batcher.training_sizes()["four"][0] == 3
+    assert capped.probabilities.tolist() == pytest.approx([0.5, 0.5])  # 3 and 3 used, not 6 and 3 stored
+    held_out = Trainer(run_config(stores, **{"data.sampling": "frames", "data.val_fraction": 0.5}),
+                       stores.parent / "run_val")
+    sizes = held_out.batcher.training_sizes()
+    assert sizes["four"][0] == 3 and sizes["four"][1] < frames["four"]
+    assert held_out.probabilities[0] == pytest.approx(sizes["four"][1] / (sizes["four"][1] + sizes["two"][1]))
 
 
 def test_batches_follow_the_sampling_ratios(stores):

@@ -12,7 +12,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
-SAMPLING = ("uniform", "proportional", "temperature")
+SAMPLING = ("uniform", "proportional", "temperature", "frames")
 BALANCERS = ("equal", "samples", "inverse_loss", "uncertainty", "gradnorm", "pcgrad", "upgrad", "mgda", "cagrad", "rgb")
 
 
@@ -42,7 +42,9 @@ class DataConfig:
     Scripted experts often ask for far more than the bounds (Meta-World's up to 12x), and unclipped targets
     spend the loss on magnitudes the robot never executes (measured no better on MT10: bench/RESULTS.md)."""
     sampling: str = "uniform"
-    """How batch slots are shared between tasks: uniform | proportional (to demos) | temperature."""
+    """How batch slots are shared between tasks: uniform | proportional (to demos) | temperature | frames
+    (proportional to demo frames, as LeRobot's shuffled loader draws them). Counts are of the training
+    episodes: after `max_episodes` and the `val_fraction` hold-out."""
     temperature: float = 2.0
     """For `temperature`: p_t proportional to n_t^(1/T); T=1 is proportional, T->inf uniform."""
     weight: float | None = None

@@ -1,7 +1,8 @@
 """Task-balanced multitask batches drawn from in-memory demo stores.
 
 Each step shares `batch_size` slots between tasks with probabilities p_t (uniform, proportional to
-demo counts, or tempered: p_t ~ n_t^(1/T)), times any per-task weight. Slot counts are drawn from a
+demo counts, tempered: p_t ~ n_t^(1/T), or proportional to frames as a loader shuffling every frame of
+every demo draws them, LeRobot's way), times any per-task weight; counts are of the training episodes. Slot counts are drawn from a
 multinomial, so a small task can be absent from a batch; the trainer skips its loss then.
 """
 
@@ -17,7 +18,8 @@ from mt_policy.sampler import WindowSampler, WindowSpec, split_episodes
 from mt_policy.schema import ACTION_KEY
 
 
-def task_probabilities(mode: str, demo_counts: list[int], weights: list[float], temperature: float = 2.0) -> np.ndarray:
+def task_probabilities(mode: str, demo_counts: list[int], weights: list[float], temperature: float = 2.0,
+                       frame_counts: list[int] | None = None) -> np.ndarray:
     counts = np.asarray(demo_counts, dtype=np.float64)
     if mode == "uniform":
         base = np.ones_like(counts)
@@ -25,8 +27,12 @@ def task_probabilities(mode: str, demo_counts: list[int], weights: list[float], 
         base = counts
     elif mode == "temperature":
         base = counts ** (1.0 / temperature)
+    elif mode == "frames":
+        if frame_counts is None or len(frame_counts) != len(counts):
+            raise ValueError("sampling mode 'frames' needs one frame count per task")
+        base = np.asarray(frame_counts, dtype=np.float64)
     else:
-        raise ValueError(f"unknown sampling mode {mode!r}; known: uniform, proportional, temperature")
+        raise ValueError(f"unknown sampling mode {mode!r}; known: uniform, proportional, temperature, frames")
     p = base * np.asarray(weights, dtype=np.float64)
     return p / p.sum()
 
@@ -45,12 +51,13 @@ class Batch:
 
 
 class MultiTaskBatcher:
-    def __init__(self, demos: dict[str, LoadedDemos], task_index: dict[str, int], probabilities: np.ndarray,
+    def __init__(self, demos: dict[str, LoadedDemos], task_index: dict[str, int], probabilities: np.ndarray | None,
                  action_chunk: int, proprio_size: int, val_fraction: float = 0.0, seed: int = 0,
                  max_episodes: dict[str, int | None] | None = None) -> None:
+        """`probabilities` None: uniform over tasks until set (e.g. from `training_sizes()`)."""
         self.tasks = list(demos)
         self.task_index = task_index
-        self.probabilities = probabilities
+        self.probabilities = np.full(len(demos), 1.0 / len(demos)) if probabilities is None else probabilities
         self.proprio_size = proprio_size
         self.samplers: dict[str, WindowSampler] = {}
         self.val_samplers: dict[str, WindowSampler] = {}
@@ -63,6 +70,10 @@ class MultiTaskBatcher:
             self.samplers[name] = WindowSampler(loaded, spec, train)
             if len(val):
                 self.val_samplers[name] = WindowSampler(loaded, spec, val)
+
+    def training_sizes(self) -> dict[str, tuple[int, int]]:
+        """Per task, the (episodes, frames) training draws from: after `max_episodes` and the validation hold-out."""
+        return {t: (len(s.episodes), len(s)) for t, s in self.samplers.items()}
 
     def sample(self, rng: np.random.Generator, batch_size: int) -> Batch:
         counts = rng.multinomial(batch_size, self.probabilities)

@@ -145,12 +145,14 @@ class Trainer:
         self.model = MultiTaskPolicy(model_cfg, entries, norm_stats(self.demos))
         self.ema = copy.deepcopy(self.model) if cfg.optim.ema_decay > 0 else None
         names = [t.name for t in self.tasks]
-        demo_counts = [self.demos[t].n_episodes for t in names]
-        self.probabilities = task_probabilities(cfg.data.sampling, demo_counts, [t.weight for t in self.tasks],
-                                                cfg.data.temperature)
-        self.batcher = MultiTaskBatcher(self.demos, self.model.task_index, self.probabilities, model_cfg.action_chunk,
+        self.batcher = MultiTaskBatcher(self.demos, self.model.task_index, None, model_cfg.action_chunk,
                                         self.model.observation.proprio_size, cfg.data.val_fraction, cfg.train.seed,
                                         {t.name: t.max_episodes for t in self.tasks})
+        sizes = self.batcher.training_sizes()
+        demo_counts = [sizes[t][0] for t in names]
+        self.probabilities = task_probabilities(cfg.data.sampling, demo_counts, [t.weight for t in self.tasks],
+                                                cfg.data.temperature, frame_counts=[sizes[t][1] for t in names])
+        self.batcher.probabilities = self.probabilities
         t = cfg.train
         self.balancer: LossBalancer = make_balancer(t.balancer, names, dict(zip(names, demo_counts, strict=True)),
                                                     t.inverse_loss_momentum,
@@ -422,7 +424,8 @@ def _git_commit() -> str | None:
 def describe_run(trainer: Trainer) -> str:
     lines = [f"run dir: {trainer.run_dir}", f"model: {trainer.model.describe()['parameters']:,} parameters, "
              f"{asdict(trainer.model.config)}"]
+    sizes = trainer.batcher.training_sizes()
     for task, p in zip(trainer.tasks, trainer.probabilities, strict=True):
-        d = trainer.demos[task.name]
-        lines.append(f"  {task.name:28s} {d.n_episodes:4d} demos {d.n_frames:6d} frames  p={p:.3f}  store={task.store}")
+        episodes, frames = sizes[task.name]
+        lines.append(f"  {task.name:28s} {episodes:4d} demos {frames:6d} frames  p={p:.3f}  store={task.store}")
     return "\n".join(lines)
