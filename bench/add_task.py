@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ siblings
 
+from bench_json import write_json  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from sim.collect import collect  # noqa: E402
@@ -128,8 +130,7 @@ def main() -> int:
     matrix = [results["base9"], after1, after2]
     results["sequence"] = {"matrix": matrix, "metrics": libero_metrics(matrix, {t: 0 for t in base} | {FIRST_NEW: 1, SECOND_NEW: 2})}
     results["wall_seconds"] = time.perf_counter() - started
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(results, RESULTS)
     print("\n" + format_tables(results))
     print(f"\nresults: {RESULTS}")
     return 0

@@ -27,13 +27,17 @@ from typing import Any
 import numpy as np
 from hydra import compose, initialize_config_module
 
-import sim  # noqa: F401  (sets MUJOCO_GL before anything imports mujoco)
-from sim.collect import collect
-from sim.evaluate import evaluate
-from sim.suites import get_suite
-from sim.tasks import ObservationConfig
-from training.config import register_configs
-from training.trainer import Trainer
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ siblings
+
+from bench_json import write_json  # noqa: E402
+
+import sim  # noqa: E402, F401  (sets MUJOCO_GL before anything imports mujoco)
+from sim.collect import collect  # noqa: E402
+from sim.evaluate import evaluate  # noqa: E402
+from sim.suites import get_suite  # noqa: E402
+from sim.tasks import ObservationConfig  # noqa: E402
+from training.config import register_configs  # noqa: E402
+from training.trainer import Trainer  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RUN_RESULT = "bench_result.json"  # in each run's directory: lets an interrupted sweep resume
@@ -102,7 +106,7 @@ def run_one(variant: str, seed: int, args: argparse.Namespace, data: Path) -> di
         "conflict_cos_min": _mean(column("conflict/cos_min")),
         "update_cos_min": _mean(column("conflict/update_cos_min")),
     }
-    done.write_text(json.dumps({"overrides": overrides, "result": result}, indent=2) + "\n")
+    write_json({"overrides": overrides, "result": result}, done)
     return result
 
 
@@ -189,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         for variant, ms in timing.items():
             print(f"{variant:16s} {ms:7.1f} ms/step  {ms / equal:5.2f}x equal")
         out = args.out.with_name(args.out.stem + "_timing.json")
-        out.write_text(json.dumps({"ms_per_step": timing, "vs_equal": {v: ms / equal for v, ms in timing.items()},
-                                   "batch_size": args.batch_size, "suite": args.suite}, indent=2) + "\n")
+        write_json({"ms_per_step": timing, "vs_equal": {v: ms / equal for v, ms in timing.items()},
+                    "batch_size": args.batch_size, "suite": args.suite}, out)
         print(f"wrote {out}")
         return 0
     runs = []
@@ -202,9 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     table = summarise(runs)
     md = markdown(table, args)
     print("\n" + md)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs,
-                                    "table": table}, indent=2) + "\n")
+    write_json({"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs, "table": table}, args.out)
     args.out.with_suffix(".md").write_text(md)
     print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
     return 0

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,11 +25,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from mt_policy.checkpoint import load_checkpoint, run_config
-from mt_policy.errors import MtPolicyError
-from training.config import ResolvedTask
-from training.data import Batch, MultiTaskBatcher
-from training.trainer import load_demos, task_losses
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ siblings
+
+from bench_json import write_json  # noqa: E402
+
+from mt_policy.checkpoint import load_checkpoint, run_config  # noqa: E402
+from mt_policy.errors import MtPolicyError  # noqa: E402
+from training.config import ResolvedTask  # noqa: E402
+from training.data import Batch, MultiTaskBatcher  # noqa: E402
+from training.trainer import load_demos, task_losses  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -112,10 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                      "mean_l1": float(np.mean(list(per_task.values()))), "per_task_l1": per_task})
         print(f"{str(path):<60} {samples if samples is not None else '-':>13} {rows[-1]['targets']:>8} "
               f"{rows[-1]['mean_l1']:>8.4f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"command": "python bench/fit.py " + " ".join(sys.argv[1:] if argv is None else argv),
-                                    "windows": args.batches * args.batch_size, "seed": args.seed, "demos": args.demos,
-                                    "runs": rows}, indent=2) + "\n")
+    write_json({"command": "python bench/fit.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                "windows": args.batches * args.batch_size, "seed": args.seed, "demos": args.demos, "runs": rows}, args.out)
     print(f"wrote {args.out}")
     return 0
 

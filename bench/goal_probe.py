@@ -32,12 +32,16 @@ import numpy as np
 import torch
 from torch import nn
 
-import sim  # noqa: F401  (sets MUJOCO_GL before anything imports mujoco)
-from mt_policy.demo_store import DemoStore
-from mt_policy.model import CameraEncoder, random_shift
-from mt_policy.seeds import EVAL_SEEDS
-from sim.metaworld_tasks import MetaWorldEnv
-from sim.tasks import ObservationConfig
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ siblings
+
+from bench_json import write_json  # noqa: E402
+
+import sim  # noqa: E402, F401  (sets MUJOCO_GL before anything imports mujoco)
+from mt_policy.demo_store import DemoStore  # noqa: E402
+from mt_policy.model import CameraEncoder, random_shift  # noqa: E402
+from mt_policy.seeds import EVAL_SEEDS  # noqa: E402
+from sim.metaworld_tasks import MetaWorldEnv  # noqa: E402
+from sim.tasks import ObservationConfig  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = ("default", "flatten", "sharpened", "no_shift")
@@ -144,8 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             run["rows"] = [r for r in run["rows"] if key(r) not in mine]
             if run["rows"]:
                 runs.insert(0, run)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
+    write_json({"runs": runs}, args.out)
     return 0
 
 

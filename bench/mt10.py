@@ -47,6 +47,9 @@ from sim.tasks import ObservationConfig
 from training.config import register_configs
 from training.trainer import LAST, Trainer
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ siblings
+from bench_json import write_json  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 RECORDED_CAMERAS = ("corner2", "topview")
 IMAGE_SIZE = 96
@@ -248,9 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
     merged = {r["config"]: r for r in previous.get("runs", [])} | {r["config"]: r for r in runs}
-    args.out.write_text(json.dumps({"command": command.strip(), "demos_per_task": args.demos,
-                                    "collect_seconds": collect_seconds,
-                                    "seeds": seeds, "runs": list(merged.values())}, indent=2) + "\n")
+    write_json({"command": command.strip(), "demos_per_task": args.demos, "collect_seconds": collect_seconds,
+                "seeds": seeds, "runs": list(merged.values())}, args.out)
     args.out.with_suffix(".md").write_text(markdown(list(merged.values()), seeds, command.strip()))
     print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
     return 0

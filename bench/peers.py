@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ siblings
 
 import mt10  # noqa: E402  (bench/mt10.py: our policy's configuration, training and seed check)
 import numpy as np  # noqa: E402
+from bench_json import write_json  # noqa: E402
 
 import sim  # noqa: E402, F401  (sets MUJOCO_GL before anything imports mujoco)
 from mt_policy.checkpoint import load_checkpoint, read_manifest, run_config  # noqa: E402
@@ -429,7 +430,7 @@ def cached_latency(run_dir: Path, measure, calls: int, warmup: int, fresh: bool)
         if (cached["calls"], cached["warmup"]) == (calls, warmup):
             return cached["latency"]
     latency = measure()
-    file.write_text(json.dumps({"calls": calls, "warmup": warmup, "latency": latency}, indent=2) + "\n")
+    write_json({"calls": calls, "warmup": warmup, "latency": latency}, file)
     return latency
 
 
@@ -687,8 +688,7 @@ def main(argv: list[str] | None = None) -> int:
               "runs": runs}
     md = markdown(result)
     print("\n" + md)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, default=_jsonable) + "\n")
+    write_json(result, args.out, default=_jsonable)
     args.out.with_suffix(".md").write_text(md)
     print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
     return 0

@@ -12,12 +12,14 @@ on one thread, >= 3x faster than eager at p50, and latency flat from 1 to 50 hea
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ siblings
+
+from bench_json import write_json  # noqa: E402
 
 from deploy.latency import bench_runtime  # noqa: E402
 from mt_policy.checkpoint import save_checkpoint  # noqa: E402
@@ -53,8 +55,7 @@ def main() -> int:
             runs.append(result)
     table = format_runs(runs)
     print("\n" + table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"command": " ".join(sys.argv), "runs": runs}, indent=2) + "\n")
+    write_json({"command": " ".join(sys.argv), "runs": runs}, args.out)
     print(f"\nresults: {args.out}")
     return 0
 
