@@ -1,9 +1,10 @@
 """Task-balanced multitask batches drawn from in-memory demo stores.
 
 Each step shares `batch_size` slots between tasks with probabilities p_t (uniform, proportional to
-demo counts, tempered: p_t ~ n_t^(1/T), or proportional to frames as a loader shuffling every frame of
-every demo draws them, LeRobot's way), times any per-task weight; counts are of the training episodes. Slot counts are drawn from a
-multinomial, so a small task can be absent from a batch; the trainer skips its loss then.
+demo counts, tempered: p_t ~ n_t^(1/T), or proportional to frames, as a loader shuffling every frame of
+every demo draws them, LeRobot's way), times any per-task weight; counts are of the training episodes.
+Slot counts are drawn from a multinomial, so a small task can be absent from a batch; the trainer skips
+its loss then.
 """
 
 from __future__ import annotations
