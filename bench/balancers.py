@@ -66,13 +66,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def run_one(variant: str, seed: int, args: argparse.Namespace, data: Path) -> dict[str, Any]:
+def variant_overrides(variant: str, args: argparse.Namespace, data: Path, run: list[str]) -> list[str]:
+    """The training overrides of one variant: what every run shares, then `run`'s own, then `--set` and the
+    variant's extras last (they win)."""
     balancer = "rgb" if variant.startswith("rgb") else variant
-    overrides = [f"data.root={data}", f"data.suite={args.suite}", f"train.steps={args.steps}",
-                 f"train.batch_size={args.batch_size}", f"train.seed={seed}", f"train.balancer={balancer}",
-                 "train.progress=false", "train.log_every=50", "train.conflict_every=100",
-                 f"train.checkpoint_every={args.steps}", "model.task_embedding_scale=1.0", *args.set,
-                 *VARIANTS[variant]]
+    return [f"data.root={data}", f"data.suite={args.suite}", f"train.batch_size={args.batch_size}",
+            f"train.balancer={balancer}", "train.progress=false", "model.task_embedding_scale=1.0", *run,
+            *args.set, *VARIANTS[variant]]
+
+
+def run_one(variant: str, seed: int, args: argparse.Namespace, data: Path) -> dict[str, Any]:
+    overrides = variant_overrides(variant, args, data, [
+        f"train.steps={args.steps}", f"train.seed={seed}", "train.log_every=50", "train.conflict_every=100",
+        f"train.checkpoint_every={args.steps}"])
     run_dir = args.work / f"{variant}_seed{seed}"
     done = run_dir / RUN_RESULT
     if done.is_file():  # a finished run of an interrupted sweep, with the same settings: reused
@@ -116,10 +122,7 @@ def time_steps(variants: list[str], args: argparse.Namespace, data: Path, steps:
     so machine noise hits every variant alike (the sweep's wall times include evaluation load)."""
     trainers = {}
     for variant in variants:
-        balancer = "rgb" if variant.startswith("rgb") else variant
-        overrides = [f"data.root={data}", f"data.suite={args.suite}", f"train.batch_size={args.batch_size}",
-                     f"train.balancer={balancer}", "train.conflict_every=0", "model.task_embedding_scale=1.0",
-                     "train.progress=false", *args.set, *VARIANTS[variant]]
+        overrides = variant_overrides(variant, args, data, ["train.conflict_every=0"])
         with initialize_config_module(config_module="training.conf", version_base="1.3"):
             cfg = compose("train", overrides=overrides)
         trainers[variant] = Trainer(cfg, args.work / "timing" / variant)
