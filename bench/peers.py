@@ -26,7 +26,9 @@ same evaluator, evaluation seeds and episode count, all from one run on one mach
     .venv/bin/python bench/peers.py --samples 640 --demos 3 --episodes 1 --max-steps 20 --work runs/peers_smoke
 
 Phases resume: collection appends; a model already trained with the same settings is reused; a
-finished evaluation of an unchanged model is reused. Writes `bench/results/peers.json` and `.md`.
+finished evaluation of an unchanged model is reused. `--extend-from WORK` trains a peer on from an earlier
+run's model with fewer samples (constant learning rate only, as ACT's): twice the budget costs the
+difference, not a second training from scratch. Writes `bench/results/peers.json` and `.md`.
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ PEER_SETTINGS: dict[str, dict[str, tuple[Any, str]]] = {
 # 800 steps of 64 (ours) = 6,400 steps of 8 (peers): about 1 + 26 + 31 minutes of training on 2 cores, next to
 # about 110 minutes of evaluation (3 models x 10 tasks x 50 episodes), so the whole run takes about 3 hours.
 SAMPLES = 51_200
+TRAINING_STATE = "training_state.pt"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -104,6 +107,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", default=str(OUR_BATCH),
                    help="our policy's batch (bench/mt10.py's); comma-separated: one of ours per batch size, same samples")
     p.add_argument("--peer-batch-size", type=int, default=8, help="the peers' batch (lerobot-train's default)")
+    p.add_argument("--extend-from", type=Path, metavar="WORK",
+                   help="an earlier run's work directory: a peer model not yet trained here continues from that "
+                        "run's model (same settings and demos, fewer samples, constant learning rate) instead of "
+                        "starting over; refused with the reason otherwise")
     p.add_argument("--n-action-steps", type=int, default=4, help="our policy: actions executed per chunk in eval")
     p.add_argument("--temporal-ensemble", type=float, metavar="K",
                    help="our policy: predict every step and average overlapping chunks with weights exp(-K * age) "
@@ -262,19 +269,27 @@ def build_peer(peer: str, demos: dict[str, LoadedDemos], overrides: dict[str, An
 
 
 def fit_peer(config: Any, policy: Any, preprocessor: Any, windows: PeerWindows, steps: int, batch_size: int,
-             rng: np.random.Generator, log=print) -> tuple[list[dict[str, Any]], float, dict[str, Any]]:
-    """LeRobot's update step (forward, backward, grad clipping, optimizer and scheduler presets) `steps` times;
-    return the log rows, the loop's wall time and the optimizer/scheduler settings."""
+             rng: np.random.Generator, log=print, optimizer_state: dict[str, Any] | None = None,
+             first_step: int = 1) -> tuple[list[dict[str, Any]], float, dict[str, Any], dict[str, Any]]:
+    """LeRobot's update step (forward, backward, grad clipping, optimizer and scheduler presets) `steps` times,
+    numbered from `first_step`: an extended model skips the batches its earlier steps drew, so its samples are
+    those a training from scratch would draw next. Return the log rows, the loop's wall time, the
+    optimizer/scheduler settings and the optimizer's final state."""
     import torch
 
     optim = config.get_optimizer_preset()
     optimizer = optim.build(policy.get_optim_params())
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
     scheduler_cfg = config.get_scheduler_preset()
     scheduler = scheduler_cfg.build(optimizer, steps) if scheduler_cfg is not None else None
     stream = _shuffled(rng, windows.anchors(getattr(config, "drop_n_last_frames", 0)), batch_size)
+    for _ in range(first_step - 1):
+        next(stream)
     rows, started, every = [], time.perf_counter(), max(1, steps // 20)
     policy.train()
-    for step in range(1, steps + 1):
+    for done in range(1, steps + 1):
+        step = first_step + done - 1
         batch = preprocessor(windows.batch(next(stream), config.observation_delta_indices, config.action_delta_indices))
         loss, _ = policy.forward(batch)
         loss.backward()
@@ -283,30 +298,62 @@ def fit_peer(config: Any, policy: Any, preprocessor: Any, windows: PeerWindows, 
         optimizer.zero_grad()
         if scheduler is not None:
             scheduler.step()
-        if step % every == 0 or step == steps:
+        if done % every == 0 or done == steps:
             rows.append({"step": step, "loss": loss.item(), "grad_norm": grad_norm.item(),
                          "lr": optimizer.param_groups[0]["lr"],
-                         "samples_per_s": step * batch_size / (time.perf_counter() - started)})
-            log(f"[{config.type}] step {step}/{steps} loss {rows[-1]['loss']:.4f} "
+                         "samples_per_s": done * batch_size / (time.perf_counter() - started)})
+            log(f"[{config.type}] step {step}/{first_step + steps - 1} loss {rows[-1]['loss']:.4f} "
                 f"{rows[-1]['samples_per_s']:.1f} samples/s")
     presets = {"optimizer": {"type": type(optimizer).__name__} | dataclasses.asdict(optim),
                "scheduler": dataclasses.asdict(scheduler_cfg) if scheduler_cfg is not None else None}
-    return rows, time.perf_counter() - started, presets
+    return rows, time.perf_counter() - started, presets, optimizer.state_dict()
 
 
 def train_peer(peer: str, demos: dict[str, LoadedDemos], out: Path, samples: int, batch_size: int, seed: int = 0,
-               overrides: dict[str, Any] | None = None, threads: int = 0, log=print) -> dict[str, Any]:
-    """Train LeRobot's `peer` on `demos` for `samples` windows, LeRobot's way; save it to `out`; return its manifest."""
+               overrides: dict[str, Any] | None = None, threads: int = 0, log=print,
+               extend: Path | None = None) -> dict[str, Any]:
+    """Train LeRobot's `peer` on `demos` for `samples` windows, LeRobot's way; save it to `out`; return its manifest.
+
+    `extend`: a model of the same peer, settings, demos, batch and seed trained on fewer samples with a constant
+    learning rate (checked by `extendable`). Its weights start this training, which runs only the remaining
+    samples, the batches a training from scratch would draw next; where it saved its optimizer and random state
+    (`TRAINING_STATE`), those are restored too and the result equals a training from scratch."""
     import torch
 
-    steps = samples // batch_size
+    earlier = json.loads((extend / PEER_MANIFEST).read_text()) if extend is not None else None
+    done = earlier["provenance"]["steps"] if earlier else 0
+    steps = samples // batch_size - done
     if steps < 1:
-        raise ValueError(f"{samples} samples make no batch of {batch_size}")
+        raise ValueError(f"{samples} samples make no batch of {batch_size}" if earlier is None else
+                         f"{extend} was trained on {earlier['provenance']['samples']:,} samples, not fewer than "
+                         f"{samples:,}")
     torch.set_num_threads(threads or os.cpu_count() or 1)
     torch.manual_seed(seed)
     config, keys, policy, preprocessor, postprocessor = build_peer(peer, demos, overrides)
-    rows, seconds, presets = fit_peer(config, policy, preprocessor, PeerWindows(demos, keys), steps, batch_size,
-                                      np.random.default_rng(seed), log)
+    state = None
+    if extend is not None:
+        from safetensors.torch import load_model
+
+        load_model(policy, str(extend / "model.safetensors"))
+        if (extend / TRAINING_STATE).is_file():
+            state = torch.load(extend / TRAINING_STATE, weights_only=True)
+            torch.set_rng_state(state["torch_rng"])
+        else:
+            torch.manual_seed(seed + done)  # at least not the first run's dropout and noise again
+    rows, seconds, presets, optimizer_state = fit_peer(
+        config, policy, preprocessor, PeerWindows(demos, keys), steps, batch_size, np.random.default_rng(seed), log,
+        state["optimizer"] if state else None, done + 1)
+    segment = {"samples": steps * batch_size, "steps": steps, "train_seconds": seconds,
+               "samples_per_s": steps * batch_size / seconds, "threads": torch.get_num_threads()}
+    segments = [segment]
+    if earlier is not None:
+        before = earlier["provenance"].get("segments") or [
+            {k: earlier["provenance"][k] for k in ("samples", "steps", "train_seconds", "samples_per_s", "threads")}]
+        segment |= {"extends": str(extend), "training_state": "restored" if state else
+                    "none saved by the earlier model: AdamW's moments restart, dropout and noise reseeded"}
+        segments = before + [segment]
+        rows = _earlier_rows(extend) + rows
+    total_seconds = sum(s["train_seconds"] for s in segments)
     first = next(iter(demos.values()))
     manifest = {
         "format": PEER_FORMAT, "format_version": PEER_FORMAT_VERSION, "policy_type": peer,
@@ -316,16 +363,55 @@ def train_peer(peer: str, demos: dict[str, LoadedDemos], out: Path, samples: int
         "settings": settings_report(peer, config),
         "provenance": {
             "trainer": "bench/peers.py (LeRobot's forward, optimizer/scheduler presets and grad clipping)",
-            "lerobot_version": _lerobot_version(), "samples": steps * batch_size, "steps": steps,
-            "batch_size": batch_size, "seed": seed, "overrides": overrides or {}, "threads": torch.get_num_threads(),
-            "train_seconds": seconds, "samples_per_s": steps * batch_size / seconds, **presets,
+            "lerobot_version": _lerobot_version(), "samples": samples // batch_size * batch_size,
+            "steps": samples // batch_size, "batch_size": batch_size, "seed": seed, "overrides": overrides or {},
+            "threads": torch.get_num_threads(), "train_seconds": total_seconds,
+            "samples_per_s": samples // batch_size * batch_size / total_seconds, "segments": segments, **presets,
             "sampling": "shuffled over every anchor frame of its tasks' demos (LeRobot's DataLoader)",
             "normalization": "LeRobot's processors; the stores' stats merged over the tasks",
-            "demo_seeds": {t: d.episodes["seed"].tolist() for t, d in demos.items()},
+            "demo_seeds": _demo_seeds(demos),
             "final_loss": rows[-1]["loss"],
         },
     }
-    _save_peer(out, policy, preprocessor, postprocessor, manifest, rows)
+    _save_peer(out, policy, preprocessor, postprocessor, manifest, rows, optimizer_state)
+    return manifest
+
+
+def _demo_seeds(demos: dict[str, LoadedDemos]) -> dict[str, list[int]]:
+    return {t: d.episodes["seed"].tolist() for t, d in demos.items()}
+
+
+def _earlier_rows(policy_dir: Path) -> list[dict[str, Any]]:
+    with (policy_dir / "train_log.csv").open(newline="") as f:
+        return [{k: float(v) if k != "step" else int(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def extendable(peer: str, policy_dir: Path, demos: dict[str, LoadedDemos], samples: int, batch_size: int,
+               seed: int, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest of the model at `policy_dir` if training it on to `samples` gives the model that training
+    from scratch would (exactly where it saved its training state; else up to AdamW's moments and the random
+    draws of dropout and noise); otherwise SystemExit saying why, so that a mistyped --extend-from never costs
+    an unnoticed training from scratch."""
+    file = policy_dir / PEER_MANIFEST
+    if not file.is_file():
+        raise SystemExit(f"--extend-from: no trained {peer} model at {policy_dir} (expected {PEER_MANIFEST})")
+    manifest = json.loads(file.read_text())
+    prov = manifest["provenance"]
+    settings = peer_settings(peer, manifest["observation"]["cameras"][0]["height"], overrides)
+    expected = json.loads(json.dumps({k: settings[k] for k in PEER_SETTINGS[peer]}))
+    overrides = json.loads(json.dumps(overrides or {}))
+    problems = [why for bad, why in [
+        (manifest["policy_type"] != peer, f"it is a {manifest['policy_type']} model"),
+        ({k: v["value"] for k, v in manifest["settings"].items()} != expected, "its settings differ from PEER_SETTINGS"),
+        ((prov["batch_size"], prov["seed"], prov["overrides"]) != (batch_size, seed, overrides),
+         f"batch {prov['batch_size']}, seed {prov['seed']}, overrides {prov['overrides']} (this run: batch "
+         f"{batch_size}, seed {seed}, overrides {overrides})"),
+        (prov["samples"] >= samples, f"it was trained on {prov['samples']:,} samples, not fewer than {samples:,}"),
+        (prov["scheduler"] is not None, "its learning rate follows a schedule fixed by its own length"),
+        (prov["demo_seeds"] != _demo_seeds(demos), "it was trained on other demos"),
+    ] if bad]
+    if problems:
+        raise SystemExit(f"--extend-from: {policy_dir} cannot be trained on: " + "; ".join(problems))
     return manifest
 
 
@@ -340,14 +426,19 @@ def _shuffled(rng: np.random.Generator, anchors: np.ndarray, batch_size: int):
 
 
 def _save_peer(out: Path, policy: Any, preprocessor: Any, postprocessor: Any, manifest: dict[str, Any],
-               rows: list[dict[str, Any]]) -> None:
-    """Write the policy directory atomically: LeRobot's files, `mt_policy_peer.json` and `train_log.csv`."""
+               rows: list[dict[str, Any]], optimizer_state: dict[str, Any]) -> None:
+    """Write the policy directory atomically: LeRobot's files, `mt_policy_peer.json`, `train_log.csv` and the
+    optimizer's and torch's random state (LeRobot's `save_pretrained` keeps neither; `--extend-from` needs them
+    to continue exactly)."""
+    import torch
+
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     policy.save_pretrained(tmp)
     preprocessor.save_pretrained(tmp)
     postprocessor.save_pretrained(tmp)
+    torch.save({"optimizer": optimizer_state, "torch_rng": torch.get_rng_state()}, tmp / TRAINING_STATE)
     (tmp / PEER_MANIFEST).write_text(json.dumps(manifest, indent=2, default=_jsonable) + "\n")
     with (tmp / "train_log.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -515,14 +606,28 @@ def run_ours(args: argparse.Namespace, data: Path, batch: int) -> dict[str, Any]
             "latency_ms": latency} | mt10.task_rows([report])
 
 
+def train_or_extend(name: str, peer: str, demos: dict[str, LoadedDemos], policy_dir: Path, samples: int,
+                    args: argparse.Namespace) -> dict[str, Any]:
+    """Train `peer` into `policy_dir`, from scratch or, with --extend-from, on from the earlier run's model at
+    the same place in its work directory."""
+    extend = None
+    if args.extend_from is not None:
+        extend = args.extend_from / policy_dir.relative_to(args.work)
+        earlier = extendable(peer, extend, demos, samples, args.peer_batch_size, args.seed)["provenance"]["samples"]
+        print(f"[{name}] training on from {extend} ({earlier:,} samples) to {samples:,}, batch "
+              f"{args.peer_batch_size}", flush=True)
+    else:
+        print(f"[{name}] training on {samples:,} samples, batch {args.peer_batch_size}", flush=True)
+    return train_peer(peer, demos, policy_dir, samples, args.peer_batch_size, args.seed, threads=args.threads,
+                      extend=extend)
+
+
 def run_peer(peer: str, args: argparse.Namespace, demos: dict[str, LoadedDemos]) -> dict[str, Any]:
     run_dir = args.work / peer
     policy_dir = run_dir / "policy"
     manifest, fresh = _trained(peer, policy_dir, args.samples, args.peer_batch_size, args.seed), False
     if manifest is None:
-        print(f"[{peer}] training on {args.samples:,} samples, batch {args.peer_batch_size}", flush=True)
-        manifest, fresh = train_peer(peer, demos, policy_dir, args.samples, args.peer_batch_size, args.seed,
-                                     threads=args.threads), True
+        manifest, fresh = train_or_extend(peer, peer, demos, policy_dir, args.samples, args), True
     else:
         print(f"[{peer}] trained earlier: {policy_dir}", flush=True)
     latency = cached_latency(run_dir, lambda: {"lerobot_select_action": peer_latency(
@@ -543,9 +648,8 @@ def run_peer_per_task(peer: str, args: argparse.Namespace, demos: dict[str, Load
         run_dir = args.work / f"{peer}_per_task" / task
         manifest, fresh = _trained(peer, run_dir / "policy", samples, args.peer_batch_size, args.seed), False
         if manifest is None:
-            print(f"[{peer}/{task}] training on {samples:,} samples", flush=True)
-            manifest, fresh = train_peer(peer, {task: demos[task]}, run_dir / "policy", samples,
-                                         args.peer_batch_size, args.seed, threads=args.threads), True
+            manifest, fresh = train_or_extend(f"{peer}/{task}", peer, {task: demos[task]}, run_dir / "policy",
+                                              samples, args), True
         manifests.append(manifest)
         seconds += manifest["provenance"]["train_seconds"]
         reports.append(evaluate_once(run_dir / "policy", eval_dir(run_dir, args), "lerobot", args, fresh))
@@ -654,6 +758,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.temporal_ensemble is not None and args.temporal_ensemble < 0:
         print(f"--temporal-ensemble {args.temporal_ensemble:g}: expected K >= 0 (0 averages overlapping chunks "
               f"equally)", file=sys.stderr)
+        return 2
+    if args.extend_from is not None and args.extend_from.resolve() == args.work.resolve():
+        print(f"--extend-from {args.extend_from}: expected an earlier run's work directory, not this run's --work",
+              file=sys.stderr)
         return 2
     peers = [p for p in args.peers.split(",") if p]
     unknown = [p for p in peers if p not in PEER_SETTINGS]

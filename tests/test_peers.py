@@ -101,6 +101,44 @@ def test_a_trained_peer_is_saved_with_its_normalisation_and_the_evaluator_loads_
     assert len(_queue(loaded)) == 0
 
 
+def test_a_peer_trained_on_from_fewer_samples_equals_one_trained_from_scratch(peers, demos, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    kw = {"batch_size": 4, "overrides": TINY["act"], "threads": 1, "log": lambda _: None}
+    peers.train_peer("act", demos, tmp_path / "whole", samples=16, **kw)
+    peers.train_peer("act", demos, tmp_path / "half", samples=8, **kw)
+    assert peers.extendable("act", tmp_path / "half", demos, 16, 4, 0, TINY["act"])["provenance"]["samples"] == 8
+    manifest = peers.train_peer("act", demos, tmp_path / "extended", samples=16, extend=tmp_path / "half", **kw)
+
+    prov = manifest["provenance"]
+    assert (prov["samples"], prov["steps"], [s["steps"] for s in prov["segments"]]) == (16, 4, [2, 2])
+    assert prov["segments"][1]["training_state"] == "restored"
+    whole, extended = load_file(tmp_path / "whole" / "model.safetensors"), load_file(
+        tmp_path / "extended" / "model.safetensors")
+    assert whole.keys() == extended.keys()
+    assert all(torch.equal(whole[k], extended[k]) for k in whole)  # same batches, optimizer and random state
+    log = [line.split(",")[:3] for line in (tmp_path / "extended" / "train_log.csv").read_text().splitlines()]
+    assert log == [line.split(",")[:3] for line in (tmp_path / "whole" / "train_log.csv").read_text().splitlines()]
+
+    # Without the saved training state it still trains on, and says what it could not restore.
+    (tmp_path / "half" / peers.TRAINING_STATE).unlink()
+    manifest = peers.train_peer("act", demos, tmp_path / "stateless", samples=16, extend=tmp_path / "half", **kw)
+    assert manifest["provenance"]["segments"][1]["training_state"].startswith("none saved")
+
+    # What cannot give the same model is refused with the reason, before any training.
+    with pytest.raises(SystemExit, match="not fewer than 8"):
+        peers.extendable("act", tmp_path / "half", demos, 8, 4, 0, TINY["act"])
+    with pytest.raises(SystemExit, match=r"batch 4, seed 0, .*\(this run: batch 4, seed 1"):
+        peers.extendable("act", tmp_path / "half", demos, 16, 4, 1, TINY["act"])
+    with pytest.raises(SystemExit, match="no trained act model"):
+        peers.extendable("act", tmp_path / "missing", demos, 16, 4, 0, TINY["act"])
+    peers.train_peer("diffusion", demos, tmp_path / "diffusion", samples=8, batch_size=4,
+                     overrides=TINY["diffusion"], threads=1, log=lambda _: None)
+    with pytest.raises(SystemExit, match="schedule fixed by its own length"):
+        peers.extendable("diffusion", tmp_path / "diffusion", demos, 16, 4, 0, TINY["diffusion"])
+
+
 @pytest.mark.slow
 def test_eval_runs_a_lerobot_peer_in_metaworld_and_resets_it_every_episode(peers, demos, tmp_path, capsys,
                                                                             monkeypatch, fresh_worker_caches):
