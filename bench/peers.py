@@ -397,15 +397,13 @@ def extendable(peer: str, policy_dir: Path, demos: dict[str, LoadedDemos], sampl
         raise SystemExit(f"--extend-from: no trained {peer} model at {policy_dir} (expected {PEER_MANIFEST})")
     manifest = json.loads(file.read_text())
     prov = manifest["provenance"]
-    settings = peer_settings(peer, manifest["observation"]["cameras"][0]["height"], overrides)
-    expected = json.loads(json.dumps({k: settings[k] for k in PEER_SETTINGS[peer]}))
-    overrides = json.loads(json.dumps(overrides or {}))
+    wanted_overrides = json.loads(json.dumps(overrides or {}))
     problems = [why for bad, why in [
         (manifest["policy_type"] != peer, f"it is a {manifest['policy_type']} model"),
-        ({k: v["value"] for k, v in manifest["settings"].items()} != expected, "its settings differ from PEER_SETTINGS"),
-        ((prov["batch_size"], prov["seed"], prov["overrides"]) != (batch_size, seed, overrides),
+        (not _settings_match(manifest, peer, overrides), "its settings differ from PEER_SETTINGS"),
+        ((prov["batch_size"], prov["seed"], prov["overrides"]) != (batch_size, seed, wanted_overrides),
          f"batch {prov['batch_size']}, seed {prov['seed']}, overrides {prov['overrides']} (this run: batch "
-         f"{batch_size}, seed {seed}, overrides {overrides})"),
+         f"{batch_size}, seed {seed}, overrides {wanted_overrides})"),
         (prov["samples"] >= samples, f"it was trained on {prov['samples']:,} samples, not fewer than {samples:,}"),
         (prov["scheduler"] is not None, "its learning rate follows a schedule fixed by its own length"),
         (prov["demo_seeds"] != _demo_seeds(demos), "it was trained on other demos"),
@@ -466,8 +464,14 @@ def _trained(peer: str, out: Path, samples: int, batch_size: int, seed: int) -> 
     manifest = json.loads(file.read_text())
     prov = manifest["provenance"]
     same = (prov["samples"], prov["batch_size"], prov["seed"], prov["overrides"]) == (samples, batch_size, seed, {})
-    expected = json.loads(json.dumps(peer_settings(peer, manifest["observation"]["cameras"][0]["height"])))
-    return manifest if same and {k: v["value"] for k, v in manifest["settings"].items()} == expected else None
+    return manifest if same and _settings_match(manifest, peer) else None
+
+
+def _settings_match(manifest: dict[str, Any], peer: str, overrides: dict[str, Any] | None = None) -> bool:
+    """Whether a saved model's PEER_SETTINGS fields hold the values this version (with `overrides`) would set."""
+    settings = peer_settings(peer, manifest["observation"]["cameras"][0]["height"], overrides)
+    expected = json.loads(json.dumps({k: settings[k] for k in PEER_SETTINGS[peer]}))
+    return {k: v["value"] for k, v in manifest["settings"].items()} == expected
 
 
 # ------------------------------------------------------------------------------------------- latency
