@@ -64,6 +64,12 @@ CONFIGS: dict[str, tuple[str, tuple[str, ...], list[str]]] = {
     "best": ("corner2 + agent_pos, precision tasks x2 samples", ("corner2",), [
         f"+data.tasks={{{','.join(f'{t}:{{weight:2.0}}' for t in PRECISION_TASKS)}}}"]),
     "two_views": ("corner2 + topview + agent_pos", ("corner2", "topview"), []),
+    # One camera cannot tell how far along its ray a floating goal marker is; two can, but `two_views` alone
+    # did not learn to use them. The probe (training only) makes the shared features predict the simulator state.
+    "two_views_privileged": ("corner2 + topview + agent_pos, trained with the privileged-state probe",
+                             ("corner2", "topview"), ["train.privileged_weight=1.0"]),
+    "lerobot_privileged": ("LeRobot protocol inputs (corner2 + agent_pos), trained with the privileged-state probe",
+                           ("corner2",), ["train.privileged_weight=1.0"]),
 }
 
 
@@ -86,7 +92,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 # Training steps per configuration at batch 64, sized so training + evaluation stay within 90 minutes
 # on a 2-core CPU (measured rates: bench/RESULTS.md).
-DEFAULT_STEPS = {"lerobot": 24_000, "best": 30_000, "two_views": 24_000}
+DEFAULT_STEPS = {"lerobot": 24_000, "best": 30_000, "two_views": 24_000, "two_views_privileged": 24_000,
+                 "lerobot_privileged": 24_000}
 
 
 def overrides(name: str, args: argparse.Namespace, data: Path) -> list[str]:
@@ -234,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"collecting {args.demos} demos/task of mt10 ({'+'.join(RECORDED_CAMERAS)}, {IMAGE_SIZE} px) -> {data}",
           flush=True)
     started = time.perf_counter()
-    collect(suite, args.demos, data, ObservationConfig(cameras=RECORDED_CAMERAS,
-                                                                image_size=(IMAGE_SIZE, IMAGE_SIZE)),
+    collect(suite, args.demos, data, ObservationConfig(cameras=RECORDED_CAMERAS, image_size=(IMAGE_SIZE, IMAGE_SIZE),
+                                                       privileged=True),
                      workers=args.workers, progress=False)  # resumes: a second invocation reuses the stores
     collect_seconds = time.perf_counter() - started
     seeds = check_seeds(data, [t.name for t in suite], args.episodes)

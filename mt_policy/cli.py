@@ -39,6 +39,9 @@ def _add_collect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--action-noise", type=float, default=0.0,
                    help="execute the expert's action plus Gaussian noise of this std (fraction of the action "
                         "half-range) and store the clean action, so demos show recoveries (default 0: none)")
+    p.add_argument("--privileged", action="store_true",
+                   help="also store each frame's full simulator state as a training-only target "
+                        "(train.privileged_weight); the policy never sees it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -210,7 +213,8 @@ def _obs_from_args(args: argparse.Namespace):
     from sim.tasks import ObservationConfig
 
     cams = () if args.cameras.strip().lower() in ("", "none") else tuple(c.strip() for c in args.cameras.split(","))
-    return ObservationConfig(cams, (args.image_size, args.image_size), args.proprio, args.render_quality)
+    return ObservationConfig(cams, (args.image_size, args.image_size), args.proprio, args.render_quality,
+                             privileged=getattr(args, "privileged", False))
 
 
 def _run_collect(args: argparse.Namespace):

@@ -20,7 +20,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"  task         {summary['task']['name']} ({summary['task']['difficulty']}): {summary['task']['description']}",
         f"  env          {summary['task']['env_id']} [{summary['task']['env_version']}]",
         f"  cameras      {cams} (render {schema['observation']['render_quality']})",
-        f"  proprio      {schema['observation']['proprio_size']}-D {schema['observation']['proprio_source']}",
+        f"  proprio      {schema['observation']['proprio_size']}-D {schema['observation']['proprio_source']}"
+        + (f"; privileged state {schema['privileged_size']}-D (training only)" if schema.get("privileged_size") else ""),
         f"  action       {schema['action']['size']}-D in [{min(schema['action']['low'])}, {max(schema['action']['high'])}] "
         f"at {schema['control_hz']:g} Hz, max {schema['max_episode_steps']} steps",
         f"  episodes     {summary['episodes']} ({summary['frames']} frames, mean length "

@@ -73,6 +73,10 @@ class ModelConfig:
     """Ta: future actions predicted per call."""
     random_shift: int = 4
     """Pixels of random-shift augmentation in training (0: none)."""
+    privileged_size: int = 0
+    """Entries of the demos' privileged simulator state (object, goal and hand positions) that a per-task linear
+    probe on the trunk features learns to predict in training, so the shared encoder must locate what the task
+    turns on (0: no probe). Never an input; the probes are not part of the exported graph."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "encoder_channels", tuple(self.encoder_channels))
@@ -94,8 +98,8 @@ class ModelConfig:
             raise ValueError(f"attention_layers must be >= 0, got {self.attention_layers}")
         if self.action_chunk < 1 or self.feature_dim < 1 or self.task_embedding_dim < 1:
             raise ValueError("action_chunk, feature_dim and task_embedding_dim must be >= 1")
-        if self.task_embedding_scale < 0 or self.random_shift < 0:
-            raise ValueError("task_embedding_scale and random_shift must be >= 0")
+        if self.task_embedding_scale < 0 or self.random_shift < 0 or self.privileged_size < 0:
+            raise ValueError("task_embedding_scale, random_shift and privileged_size must be >= 0")
 
 
 @dataclass
@@ -324,6 +328,9 @@ class MultiTaskPolicy(nn.Module):
         self.heads = nn.ModuleDict({
             t.name: _mlp([trunk_out, config.head_hidden, config.action_chunk * t.schema.action.size]) for t in self.tasks
         })
+        if config.privileged_size:
+            self.privileged_heads = nn.ModuleDict({t.name: nn.Linear(trunk_out, config.privileged_size)
+                                                   for t in self.tasks})
         # Normalisation buffers (identity until `set_stats`).
         self.register_buffer("proprio_mean", torch.zeros(n_tasks, p))
         self.register_buffer("proprio_std", torch.ones(n_tasks, p))
@@ -399,6 +406,11 @@ class MultiTaskPolicy(nn.Module):
         """Normalised action chunk (B, Ta, A_task) of one task's head."""
         out = self.heads[task](features)
         return out.view(features.shape[0], self.config.action_chunk, -1)
+
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        """The parameters only `task`'s losses train: its action head and, if any, its privileged-state probe."""
+        modules = [self.heads[task]] + ([self.privileged_heads[task]] if self.config.privileged_size else [])
+        return [p for m in modules for p in m.parameters()]
 
     def forward(self, obs: Mapping[str, torch.Tensor], task: str) -> torch.Tensor:
         """De-normalised action chunk (B, Ta, A_task) for a batch of one task."""

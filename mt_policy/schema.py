@@ -17,6 +17,8 @@ from mt_policy.errors import SchemaError
 
 PROPRIO_KEY = "obs/proprio"
 ACTION_KEY = "action"
+PRIVILEGED_KEY = "privileged"
+"""Training-only simulator state recorded beside a demo's observations (never a policy input)."""
 RENDER_QUALITIES = ("fast", "full")
 PROPRIO_SOURCES = ("agent_pos", "full_state")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -98,10 +100,15 @@ class TaskSchema:
     action: ActionSchema
     control_hz: float
     max_episode_steps: int
+    privileged_size: int = 0
+    """Entries of the simulator state a demo store records per frame under `privileged` (0: none). Training may
+    supervise an auxiliary prediction of it; no policy reads it, so checkpoints and exports carry 0 here."""
 
     def __post_init__(self) -> None:
         if self.control_hz <= 0 or self.max_episode_steps < 1:
             raise SchemaError(f"control_hz and max_episode_steps must be positive: {self.control_hz}, {self.max_episode_steps}")
+        if self.privileged_size < 0:
+            raise SchemaError(f"privileged_size must be >= 0, got {self.privileged_size}")
 
     def frame_specs(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         """Per-frame shape and dtype of every array key a store or a batch holds."""
@@ -110,10 +117,17 @@ class TaskSchema:
         }
         specs[PROPRIO_KEY] = ((self.observation.proprio_size,), np.dtype(np.float32))
         specs[ACTION_KEY] = ((self.action.size,), np.dtype(np.float32))
+        if self.privileged_size:
+            specs[PRIVILEGED_KEY] = ((self.privileged_size,), np.dtype(np.float32))
         return specs
 
     def observation_keys(self) -> tuple[str, ...]:
-        return tuple(k for k in self.frame_specs() if k != ACTION_KEY)
+        """The keys a policy reads (not the action, not the privileged state)."""
+        return tuple(k for k in self.frame_specs() if k not in (ACTION_KEY, PRIVILEGED_KEY))
+
+    def without_privileged(self) -> TaskSchema:
+        """This schema as a policy sees it: no privileged state."""
+        return replace(self, privileged_size=0)
 
     def with_cameras(self, names: Sequence[str], where: str = "schema") -> TaskSchema:
         """This schema seeing only the named cameras, in that order (a run may train on a subset of what
@@ -135,7 +149,7 @@ class TaskSchema:
             "action": asdict(self.action) | {"low": list(self.action.low), "high": list(self.action.high)},
             "control_hz": self.control_hz,
             "max_episode_steps": self.max_episode_steps,
-        }
+        } | ({"privileged_size": self.privileged_size} if self.privileged_size else {})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "schema") -> TaskSchema:
@@ -153,6 +167,7 @@ class TaskSchema:
                 action=ActionSchema(int(act["size"]), tuple(act["low"]), tuple(act["high"])),
                 control_hz=float(data["control_hz"]),
                 max_episode_steps=int(data["max_episode_steps"]),
+                privileged_size=int(data.get("privileged_size", 0)),
             )
         except SchemaError as err:
             raise SchemaError(f"{where}: {err}") from None

@@ -23,7 +23,14 @@ from typing import Any
 import numpy as np
 
 from mt_policy.errors import MtPolicyError, SchemaError
-from mt_policy.schema import ActionSchema, CameraSpec, ObservationSchema, TaskSchema, build_observation
+from mt_policy.schema import (
+    PRIVILEGED_KEY,
+    ActionSchema,
+    CameraSpec,
+    ObservationSchema,
+    TaskSchema,
+    build_observation,
+)
 from sim.rendering import render_view
 from sim.tasks import ObservationConfig, StepResult, TaskSpec
 
@@ -95,6 +102,7 @@ def gym_schema(cfg: GymTaskConfig, obs: ObservationConfig) -> TaskSchema:
         action=ActionSchema(act_size, (low,) * act_size, (high,) * act_size),
         control_hz=hz,
         max_episode_steps=limit,
+        privileged_size=obs_size if obs.privileged else 0,
     )
 
 
@@ -138,7 +146,8 @@ class GymnasiumEnv:
             images[name] = render_view(self._renderer, self._env.unwrapped.data, camera, self._obs_config.render_quality)
         flat = np.asarray(raw, dtype=np.float32).ravel()
         proprio = flat[list(self._cfg.agent_pos)] if self._obs_config.proprio == "agent_pos" else flat
-        return build_observation(self.schema.observation, images, proprio, where=self._cfg.env_id)
+        obs = build_observation(self.schema.observation, images, proprio, where=self._cfg.env_id)
+        return obs | ({PRIVILEGED_KEY: flat} if self._obs_config.privileged else {})
 
     def reset(self, seed: int) -> dict[str, np.ndarray]:
         raw, _ = self._env.reset(seed=seed)

@@ -18,7 +18,14 @@ import warnings
 import numpy as np
 
 from mt_policy.errors import SchemaError, unknown_name
-from mt_policy.schema import ActionSchema, CameraSpec, ObservationSchema, TaskSchema, build_observation
+from mt_policy.schema import (
+    PRIVILEGED_KEY,
+    ActionSchema,
+    CameraSpec,
+    ObservationSchema,
+    TaskSchema,
+    build_observation,
+)
 from sim.rendering import render_view
 from sim.tasks import ObservationConfig, StepResult, TaskSpec, register_task
 
@@ -103,6 +110,8 @@ def metaworld_schema(obs: ObservationConfig) -> TaskSchema:
         action=ActionSchema(4, (-1.0,) * 4, (1.0,) * 4),
         control_hz=80.0,  # frame_skip 5 x timestep 2.5 ms
         max_episode_steps=MAX_EPISODE_STEPS,
+        # The full state holds what one camera cannot pin down: object, goal and hand positions.
+        privileged_size=FULL_STATE_SIZE if obs.privileged else 0,
     )
 
 
@@ -141,8 +150,9 @@ class MetaWorldEnv:
     def _observe(self, raw: np.ndarray) -> dict[str, np.ndarray]:
         self._raw = raw
         proprio = raw[:AGENT_POS_SIZE] if self._obs_config.proprio == "agent_pos" else raw
-        return build_observation(self.schema.observation, {c: self._render(c) for c in self._obs_config.cameras},
-                                 proprio, where=self.task)
+        obs = build_observation(self.schema.observation, {c: self._render(c) for c in self._obs_config.cameras},
+                                proprio, where=self.task)
+        return obs | ({PRIVILEGED_KEY: raw.astype(np.float32)} if self._obs_config.privileged else {})
 
     def reset(self, seed: int) -> dict[str, np.ndarray]:
         self._env.np_random = np.random.RandomState(seed)

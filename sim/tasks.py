@@ -30,6 +30,9 @@ class ObservationConfig:
     """`agent_pos` (hand xyz + gripper, 4-D) or `full_state` (the task's full state vector)."""
     render_quality: str = "fast"
     """`fast` (no shadows/reflections/skybox, ~5x cheaper) or `full` (MuJoCo's defaults, as LeRobot)."""
+    privileged: bool = False
+    """Also return the task's full state vector under `privileged` (collection only: demo stores keep it as a
+    training-only target; a policy never sees it, so evaluation leaves this off)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cameras", tuple(self.cameras))

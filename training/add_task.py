@@ -131,7 +131,7 @@ def plan(opts: AddTaskOptions) -> Plan:
     if opts.init_from is not None and opts.init_from not in model.task_index:
         raise AddTaskError(f"--init-from {opts.init_from!r} is not a task of the checkpoint ({', '.join(model.task_index)})")
     config = run_config(manifest)
-    result = Plan(model, manifest, TaskEntry(store.task, schema), store.load(cameras=want.camera_names), "none",
+    result = Plan(model, manifest, TaskEntry(store.task, schema.without_privileged()), store.load(cameras=want.camera_names), "none",
                   steps=opts.steps or max(1, int(config.get("train", {}).get("steps", 2000)) // 5),
                   batch_size=opts.batch_size or int(config.get("train", {}).get("batch_size", 128)))
     tensors = load_extra(opts.checkpoint, REHEARSAL)  # read once: rehearsal draws from it, the result extends it

@@ -119,6 +119,10 @@ class TrainConfig:
     progress: bool = True
     rehearsal_per_task: int = 200
     """Training windows per task kept in every checkpoint's rehearsal buffer (for `mt-policy add-task`)."""
+    privileged_weight: float = 0.0
+    """Weight of the privileged-state loss: per-task linear probes on the shared features learn to predict the
+    simulator state the stores recorded (`mt-policy collect --privileged`), normalised per task, with an L1
+    loss added to each task's action loss (0: off). It only shapes training; the policy's inputs are unchanged."""
 
 
 @dataclass
@@ -188,3 +192,5 @@ def validate(cfg: Any) -> None:
         raise ValueError("data.val_fraction must be in [0, 1)")
     if cfg.train.steps < 1 or cfg.train.batch_size < 1:
         raise ValueError("train.steps and train.batch_size must be >= 1")
+    if cfg.train.privileged_weight < 0:
+        raise ValueError(f"train.privileged_weight must be >= 0, got {cfg.train.privileged_weight}")

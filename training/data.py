@@ -9,6 +9,7 @@ its loss then.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 
 from mt_policy.demo_store import LoadedDemos
 from mt_policy.sampler import WindowSampler, WindowSpec, split_episodes
-from mt_policy.schema import ACTION_KEY
+from mt_policy.schema import ACTION_KEY, PRIVILEGED_KEY
 
 
 def task_probabilities(mode: str, demo_counts: list[int], weights: list[float], temperature: float = 2.0,
@@ -49,6 +50,8 @@ class Batch:
     """Per task (n_t, Ta, A_t)."""
     action_is_pad: dict[str, torch.Tensor]
     """Per task (n_t, Ta): True where the chunk ran past the episode end."""
+    privileged: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    """Per task (n_t, S): the simulator state at the current frame, for stores that record it (training only)."""
 
 
 class MultiTaskBatcher:
@@ -82,10 +85,12 @@ class MultiTaskBatcher:
 
     def assemble(self, parts: dict[str, dict[str, np.ndarray]]) -> Batch:
         obs_lists: dict[str, list[np.ndarray]] = {}
-        slices, actions, pads, ids = {}, {}, {}, []
+        slices, actions, pads, privileged, ids = {}, {}, {}, {}, []
         start = 0
         for task, part in parts.items():
             n = len(part[ACTION_KEY])
+            if PRIVILEGED_KEY in part:
+                privileged[task] = torch.from_numpy(part[PRIVILEGED_KEY][:, -1])  # (n, To, S) -> the current frame
             for key, value in part.items():
                 if key.startswith("obs/"):
                     value = value[:, -1]  # (n, To, ...) -> the current frame
@@ -98,7 +103,7 @@ class MultiTaskBatcher:
             ids.append(np.full(n, self.task_index[task]))
             start += n
         obs = {k: torch.from_numpy(np.concatenate(v)) for k, v in obs_lists.items()}
-        return Batch(obs, torch.from_numpy(np.concatenate(ids)).long(), slices, actions, pads)
+        return Batch(obs, torch.from_numpy(np.concatenate(ids)).long(), slices, actions, pads, privileged)
 
     def validation_batches(self, rng: np.random.Generator, per_task: int) -> Batch | None:
         if not self.val_samplers:

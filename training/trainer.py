@@ -37,6 +37,7 @@ from training.balancers import BackwardContext, LossBalancer, make_balancer
 from training.config import ResolvedTask, resolve_tasks, validate
 from training.conflicts import conflict_metrics, task_gradients
 from training.data import Batch, MultiTaskBatcher, task_probabilities
+from training.privileged import PrivilegedTargets, privileged_losses
 from training.rehearsal import RehearsalBuffer
 from training.resume_state import restore_training_state, training_state
 
@@ -140,8 +141,13 @@ class Trainer:
         self.demos = load_demos(self.tasks, None if cfg.data.cameras is None else list(cfg.data.cameras))
         if cfg.data.clip_actions:
             self.demos = clip_actions(self.demos)
-        entries = [TaskEntry(d.task, d.schema) for d in self.demos.values()]
+        entries = [TaskEntry(d.task, d.schema.without_privileged()) for d in self.demos.values()]
         model_cfg = ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True))
+        self.privileged: PrivilegedTargets | None = None
+        if cfg.train.privileged_weight > 0:
+            self.privileged = PrivilegedTargets.from_demos(self.demos, cfg.train.privileged_weight,
+                                                           {t.name: str(t.store) for t in self.tasks})
+            model_cfg = dataclasses.replace(model_cfg, privileged_size=self.privileged.size)
         self.model = MultiTaskPolicy(model_cfg, entries, norm_stats(self.demos))
         self.ema = copy.deepcopy(self.model) if cfg.optim.ema_decay > 0 else None
         names = [t.name for t in self.tasks]
@@ -158,10 +164,10 @@ class Trainer:
                                                     t.inverse_loss_momentum,
                                                     {"gradnorm_alpha": t.gradnorm_alpha, "gradnorm_lr": t.gradnorm_lr,
                                                      "cagrad_c": t.cagrad_c, "rgb_update": t.rgb_update})
-        self.shared = [p for n, p in self.model.named_parameters() if not n.startswith("heads.")]
+        self.shared = [p for n, p in self.model.named_parameters() if not n.startswith(("heads.", "privileged_heads."))]
         last = [m for m in self.model.trunk if isinstance(m, torch.nn.Linear)] or [self.model.fuse]
         self.last_shared = list(last[-1].parameters())
-        self.head_params = {name: list(self.model.heads[name].parameters()) for name in names}
+        self.head_params = {name: self.model.task_parameters(name) for name in names}
         if self.world > 1:  # identical starting weights on every rank
             for tensor in [*self.model.parameters(), *self.model.buffers(), *self.balancer.parameters()]:
                 torch.distributed.broadcast(tensor.data, src=0)
@@ -192,6 +198,10 @@ class Trainer:
         if len(self.batch_fingerprints) < 3:  # lets a DDP run show that ranks see different data
             self.batch_fingerprints.append(float(sum(a.sum() for a in batch.actions.values())))
         losses, features = task_losses(self.model, batch)
+        action_losses = losses
+        if self.privileged is not None:
+            probe = privileged_losses(self.model, batch, features, self.privileged)
+            losses = {t: loss + self.privileged.weight * probe[t] for t, loss in losses.items()}
         self.optimizer.zero_grad(set_to_none=True)
         every = self.cfg.train.conflict_every
         task_grads = task_gradients(losses, self.shared) if every and (self.step + 1) % every == 0 else None
@@ -203,9 +213,11 @@ class Trainer:
         self.optimizer.step()
         self._update_ema()
         self.step += 1
-        row = {"step": self.step, "lr": lr, "loss": float(np.mean([float(v.detach()) for v in losses.values()])),
+        row = {"step": self.step, "lr": lr, "loss": float(np.mean([float(v.detach()) for v in action_losses.values()])),
                "grad_norm": float(grad_norm)}
-        row |= {f"loss/{t}": float(v.detach()) for t, v in losses.items()}
+        row |= {f"loss/{t}": float(v.detach()) for t, v in action_losses.items()}
+        if self.privileged is not None:
+            row["privileged_loss"] = float(np.mean([float(v.detach()) for v in probe.values()]))
         row |= {f"weight/{t}": w for t, w in weights.items()}
         row |= {f"samples/{t}": s.stop - s.start for t, s in batch.slices.items()}
         if task_grads is not None:
@@ -317,6 +329,7 @@ class Trainer:
     def _columns(self) -> list[str]:
         names = [t.name for t in self.tasks]
         return (["step", "lr", "loss", "grad_norm", "samples_per_s"] + [f"loss/{t}" for t in names]
+                + (["privileged_loss"] if self.privileged is not None else [])
                 + [f"weight/{t}" for t in names] + [f"samples/{t}" for t in names]
                 + ["conflict/cos_min", "conflict/cos_mean", "conflict/fraction", "conflict/update_cos_min"]
                 + [f"grad_norm/{t}" for t in names] + ["val_loss"] + [f"val_loss/{t}" for t in names])
