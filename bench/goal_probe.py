@@ -63,8 +63,7 @@ def probe(store: Path, variant: str, frames: str, steps: int, episodes: int, see
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     loaded = DemoStore.open(store).load(cameras=["corner2"])
-    ends = loaded.episode_ends.astype(np.int64)
-    starts = np.r_[0, ends[:-1]]
+    ends, starts = loaded.episode_ends.astype(np.int64), loaded.episode_starts
     images = torch.as_tensor(loaded.arrays["obs/corner2"]).permute(0, 3, 1, 2).float()
     proprio = loaded.arrays["obs/proprio"]
     episode = np.repeat(np.arange(len(ends)), ends - starts)

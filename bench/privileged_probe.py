@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     task, state = demos.task.name, demos.arrays[PRIVILEGED_KEY]
     obs_keys = [k for k in demos.arrays if k.startswith("obs/")]
     rng = np.random.default_rng(0)
-    firsts = np.concatenate([[0], demos.episode_ends[:-1]])
+    firsts = demos.episode_starts
     sets = {"train frames": rng.choice(demos.n_frames, min(args.frames, demos.n_frames), replace=False),
             "first frames, demo seeds": firsts}
     new_obs, new_state = new_first_frames(demos, args.new_seeds)

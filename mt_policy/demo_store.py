@@ -80,6 +80,11 @@ class LoadedDemos:
     def n_episodes(self) -> int:
         return len(self.episode_ends)
 
+    @property
+    def episode_starts(self) -> np.ndarray:
+        """Index of each episode's first frame (int64), the partner of `episode_ends`."""
+        return np.concatenate([[0], self.episode_ends])[:-1].astype(np.int64)  # empty for an empty store
+
 
 class DemoStore:
     """A demo store for one task. Use `create`, `open` or `open_or_create`, never the constructor."""

@@ -48,8 +48,7 @@ class WindowSampler:
     def __init__(self, demos: LoadedDemos, spec: WindowSpec, episodes: np.ndarray | None = None) -> None:
         self.demos = demos
         self.spec = spec
-        ends = demos.episode_ends.astype(np.int64)
-        starts = np.concatenate([[0], ends[:-1]])
+        ends, starts = demos.episode_ends.astype(np.int64), demos.episode_starts
         chosen = np.arange(len(ends)) if episodes is None else np.asarray(episodes, dtype=np.int64)
         if len(chosen) == 0:
             raise ValueError("no episodes to sample from")

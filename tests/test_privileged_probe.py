@@ -29,7 +29,7 @@ def test_the_probe_is_read_in_state_units_beside_the_mean_guess(tmp_path, capsys
     store = tmp_path / "demos" / "reach-v3.zarr"
     demos = DemoStore.open(store).load()
     state, stats = demos.arrays[PRIVILEGED_KEY], demos.stats[PRIVILEGED_KEY]
-    first = state[np.concatenate([[0], demos.episode_ends[:-1]])]
+    first = state[demos.episode_starts]
     assert np.ptp(first[:, GOAL], axis=0).max() > 0  # three seeds, three goals: the errors below are not all zero
 
     # A probe that ignores the image and always answers the first demo's state, in normalised units.
