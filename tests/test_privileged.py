@@ -101,3 +101,19 @@ def test_privileged_weight_without_recorded_state_names_the_store(tmp_path):
     root = write_toy_stores(tmp_path / "data")
     with pytest.raises(MtPolicyError, match=r"four\.zarr.*collect --privileged"):
         Trainer(run_config(root, **{"train.privileged_weight": 0.5}), tmp_path / "run")
+
+
+def test_an_interrupted_privileged_run_resumes_on_the_same_probe_loss_curve(privileged_stores, tmp_path):
+    def series(run):
+        with (run / "train_log.csv").open() as f:
+            return {int(r["step"]): (float(r["loss"]), float(r["privileged_loss"])) for r in csv.DictReader(f)}
+
+    weighted = {"train.privileged_weight": 1.0}
+    Trainer(run_config(privileged_stores, **weighted), tmp_path / "straight").fit()
+    Trainer(run_config(privileged_stores, **weighted, **{"train.steps": 3}), tmp_path / "resumed").fit()
+    Trainer(run_config(privileged_stores, **weighted), tmp_path / "resumed").fit(
+        tmp_path / "resumed" / "checkpoints" / "last")
+    straight, resumed = series(tmp_path / "straight"), series(tmp_path / "resumed")
+    assert sorted(resumed) == list(range(1, 7))
+    for step in range(1, 7):  # the probes' weights and optimizer moments came back with the checkpoint
+        assert resumed[step] == pytest.approx(straight[step], rel=1e-6, abs=1e-7)
