@@ -1,12 +1,15 @@
 """MT10 from pixels on this CPU: collect scripted demos, train one multitask policy, evaluate per task.
 
-Three configurations, trained on the same demo stores (recorded with both cameras once; a run keeps
-the cameras it names through `data.cameras`):
+Three configurations by default, trained on the same demo stores (recorded with both cameras and the
+privileged state once; a run keeps the cameras it names through `data.cameras`):
 
 - `lerobot`: LeRobot's Meta-World protocol: one `corner2` camera (LeRobot's pose, flipped) + 4-D
   `agent_pos`, so the number compares with published LeRobot Meta-World results;
 - `best`: our best configuration within the CPU budget (see CONFIGS and bench/RESULTS.md);
 - `two_views`: `corner2` + `topview`, kept because it is what a second camera bought (it lost points).
+
+Two more on request (`--configs`): `lerobot_privileged` and `two_views_privileged`, the same inputs trained
+with the privileged-state probe (`train.privileged_weight`; no gain measured, bench/RESULTS.md).
 
 Evaluation uses the evaluation seed range (`mt_policy.seeds.EVAL_SEEDS`), disjoint by construction
 from the demo seed range; the run checks it against the seeds recorded in the stores and writes
@@ -73,10 +76,12 @@ CONFIGS: dict[str, tuple[str, tuple[str, ...], list[str]]] = {
                            ("corner2",), ["train.privileged_weight=10.0"]),
 }
 
+DEFAULT_CONFIGS = ("lerobot", "best", "two_views")
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, from {list(CONFIGS)}")
+    p.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help=f"comma-separated, from {list(CONFIGS)}")
     p.add_argument("--demos", type=int, default=50, help="scripted demos per task")
     p.add_argument("--episodes", type=int, default=50, help="evaluation episodes per task")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: per configuration, see --budget)")
