@@ -81,7 +81,7 @@ DEFAULT_CONFIGS = ("lerobot", "best", "two_views")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help=f"comma-separated, from {list(CONFIGS)}")
+    p.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help=f"comma-separated, from {list(CONFIGS)} (default: %(default)s)")
     p.add_argument("--demos", type=int, default=50, help="scripted demos per task")
     p.add_argument("--episodes", type=int, default=50, help="evaluation episodes per task")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: per configuration, see --budget)")
