@@ -80,28 +80,36 @@ def new_first_frames(demos: LoadedDemos, n: int) -> tuple[dict[str, np.ndarray],
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    lo, hi = (int(x) for x in args.entries.split(":"))
     demos = DemoStore.open(args.store).load()
+    if PRIVILEGED_KEY not in demos.arrays:
+        raise SystemExit(f"{args.store}: records no privileged state; collect it with `mt-policy collect --privileged`")
     task, state = demos.task.name, demos.arrays[PRIVILEGED_KEY]
+    try:
+        lo, hi = (int(x) for x in args.entries.split(":"))
+    except ValueError:
+        raise SystemExit(f"--entries {args.entries!r}: expected START:STOP, e.g. 36:39") from None
+    if not 0 <= lo < hi <= state.shape[1]:
+        raise SystemExit(f"--entries {args.entries}: outside the store's {state.shape[1]} state entries")
     obs_keys = [k for k in demos.arrays if k.startswith("obs/")]
     rng = np.random.default_rng(0)
-    firsts = demos.episode_starts
     sets = {"train frames": rng.choice(demos.n_frames, min(args.frames, demos.n_frames), replace=False),
-            "first frames, demo seeds": firsts}
+            "first frames, demo seeds": demos.episode_starts}
     new_obs, new_state = new_first_frames(demos, args.new_seeds)
-    mean = state.mean(0)[lo:hi]
 
     def error(pred: np.ndarray, truth: np.ndarray) -> float:
         return float(np.linalg.norm(pred[:, lo:hi] - truth[:, lo:hi], axis=1).mean())
 
-    baseline = {name: float(np.linalg.norm(state[rows, lo:hi] - mean, axis=1).mean()) for name, rows in sets.items()}
-    baseline["first frames, new seeds"] = float(np.linalg.norm(new_state[:, lo:hi] - mean, axis=1).mean())
+    mean = state.mean(0, keepdims=True)
+    baseline = {name: error(mean, state[rows]) for name, rows in sets.items()}
+    baseline["first frames, new seeds"] = error(mean, new_state)
     rows = []
     for path in args.checkpoints:
         model, manifest = load_checkpoint(path)
         if not manifest["model"].get("privileged_size"):
             print(f"{path}: trained without the privileged-state probe (train.privileged_weight=0); skipped")
             continue
+        if task not in model.task_index:
+            raise SystemExit(f"{path}: has no task {task!r} (the store's); it serves {', '.join(model.task_index)}")
         model.eval()
         weight = run_config(manifest).get("train", {}).get("privileged_weight")  # None: not a training run's
         errors = {name: error(probe(model, task, demos, {k: demos.arrays[k][idx] for k in obs_keys}), state[idx])

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import load_bench, random_policy
+from toy_training import write_store
 
 from mt_policy.checkpoint import save_checkpoint
 from mt_policy.demo_store import DemoStore
@@ -57,3 +58,13 @@ def test_the_probe_is_read_in_state_units_beside_the_mean_guess(tmp_path, capsys
     assert set(errors) == set(result["predict_the_mean"]) == {
         "train frames", "first frames, demo seeds", "first frames, new seeds"}
     assert all(np.isfinite(v) and v > 0 for v in errors.values())
+
+    with pytest.raises(SystemExit, match=r"--entries 36:40: outside the store's 39 state entries"):
+        bench.main([str(probed), "--store", str(store), "--entries", "36:40", "--out", str(out)])
+
+
+def test_a_store_without_privileged_state_is_refused_with_its_path(tmp_path):
+    bench = load_bench("privileged_probe")
+    store = write_store(tmp_path, "four", 4, episodes=2)
+    with pytest.raises(SystemExit, match=r"four\.zarr: records no privileged state; .*collect --privileged"):
+        bench.main([str(tmp_path / "ckpt"), "--store", str(store), "--out", str(tmp_path / "p.json")])
