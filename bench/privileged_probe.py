@@ -36,11 +36,12 @@ from bench_json import write_json  # noqa: E402
 import sim  # noqa: E402, F401  (sets MUJOCO_GL before anything imports mujoco)
 from mt_policy.checkpoint import load_checkpoint, run_config  # noqa: E402
 from mt_policy.demo_store import DemoStore, LoadedDemos  # noqa: E402
-from mt_policy.model import STD_FLOOR, MultiTaskPolicy  # noqa: E402
+from mt_policy.model import MultiTaskPolicy  # noqa: E402
 from mt_policy.schema import PRIVILEGED_KEY  # noqa: E402
 from mt_policy.seeds import EVAL_SEEDS  # noqa: E402
 from sim.evaluate import observation_config  # noqa: E402
 from sim.tasks import get_task  # noqa: E402
+from training.privileged import PrivilegedTargets  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -56,14 +57,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def probe(model: MultiTaskPolicy, task: str, demos: LoadedDemos, obs: dict[str, np.ndarray]) -> np.ndarray:
-    """The probe's de-normalised state prediction (n, S) for a batch of observations."""
-    stats = demos.stats[PRIVILEGED_KEY]
+def probe(model: MultiTaskPolicy, task: str, targets: PrivilegedTargets, obs: dict[str, np.ndarray]) -> np.ndarray:
+    """The probe's state prediction (n, S) for a batch of observations, undoing training's normalisation."""
     batch = {k: torch.from_numpy(v) for k, v in obs.items()}
     n = len(next(iter(batch.values())))
     with torch.no_grad():
         normalised = model.privileged_heads[task](model.features(batch, model.task_ids(task, n)))
-    return normalised.numpy() * np.maximum(stats.std, STD_FLOOR) + stats.mean
+        return (normalised * targets.std[task] + targets.mean[task]).numpy()
 
 
 def new_first_frames(demos: LoadedDemos, n: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if PRIVILEGED_KEY not in demos.arrays:
         raise SystemExit(f"{args.store}: records no privileged state; collect it with `mt-policy collect --privileged`")
     task, state = demos.task.name, demos.arrays[PRIVILEGED_KEY]
+    targets = PrivilegedTargets.from_demos({task: demos}, 1.0, {task: str(args.store)})  # training's normalisation
     try:
         lo, hi = (int(x) for x in args.entries.split(":"))
     except ValueError:
@@ -112,9 +113,9 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{path}: has no task {task!r} (the store's); it serves {', '.join(model.task_index)}")
         model.eval()
         weight = run_config(manifest).get("train", {}).get("privileged_weight")  # None: not a training run's
-        errors = {name: error(probe(model, task, demos, {k: demos.arrays[k][idx] for k in obs_keys}), state[idx])
+        errors = {name: error(probe(model, task, targets, {k: demos.arrays[k][idx] for k in obs_keys}), state[idx])
                   for name, idx in sets.items()}
-        errors["first frames, new seeds"] = error(probe(model, task, demos, new_obs), new_state)
+        errors["first frames, new seeds"] = error(probe(model, task, targets, new_obs), new_state)
         rows.append({"checkpoint": str(path), "privileged_weight": weight, "errors": errors})
     columns = list(baseline)
     print(f"{task}: error of the probe's state entries {lo}:{hi} (state units), mean over frames")
