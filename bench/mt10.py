@@ -8,8 +8,9 @@ privileged state once; a run keeps the cameras it names through `data.cameras`):
 - `best`: our best configuration within the CPU budget (see CONFIGS and bench/RESULTS.md);
 - `two_views`: `corner2` + `topview`, kept because it is what a second camera bought (it lost points).
 
-Two more on request (`--configs`): `lerobot_privileged` and `two_views_privileged`, the same inputs trained
-with the privileged-state probe (`train.privileged_weight`; no gain measured, bench/RESULTS.md).
+Three more on request (`--configs`): `lerobot_privileged` and `two_views_privileged`, the same inputs trained
+with the privileged-state probe (`train.privileged_weight`; no gain measured, bench/RESULTS.md), and
+`lerobot_long`, the LeRobot protocol on twice the samples (no gain measured either).
 
 Evaluation uses the evaluation seed range (`mt_policy.seeds.EVAL_SEEDS`), disjoint by construction
 from the demo seed range; the run checks it against the seeds recorded in the stores and writes
