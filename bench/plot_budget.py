@@ -7,7 +7,7 @@ Reads the JSONs `bench/peers.py` and `bench/mt10.py` write. Our policy's points 
 LeRobot's inputs and our default settings: `bench/peers.py`'s `ours` without `--ours-set` or temporal
 ensembling, and `bench/mt10.py`'s `lerobot` and `lerobot_long`; other configurations are left out (and
 listed), since a line through them would mix recipes. Where two files hold the same policy at the same
-budget, the one evaluated on more episodes is kept. Prints the points as a table; writes a PNG (log x axis,
+budget, the one evaluated on more episodes is kept (on a tie, the file named first). Prints the points as a table; writes a PNG (log x axis,
 95% Wilson intervals pooled over tasks, a line at issue 5's 90% goal).
 """
 
@@ -67,17 +67,17 @@ def read_points(path: Path) -> tuple[list[Point], list[str]]:
 
 
 def merge(points: list[Point]) -> tuple[list[Point], list[str]]:
-    """One point per (series, samples): the one evaluated on the most episodes per task."""
+    """One point per (series, samples): the one evaluated on the most episodes per task (on a tie, the first)."""
     kept: dict[tuple[str, int], Point] = {}
     dropped = []
     for p in points:
         key = (p.series, p.samples)
         if key in kept:
-            loser = min(kept[key], p, key=lambda q: q.episodes_per_task)
-            dropped.append(f"{loser.source}: {loser.series} at {loser.samples:,} "
-                           f"({loser.episodes_per_task} episodes; another file has more)")
-            if loser is kept[key]:
-                kept[key] = p
+            best = max(kept[key], p, key=lambda q: q.episodes_per_task)  # the earlier file wins a tie
+            loser = p if best is kept[key] else kept[key]
+            dropped.append(f"{loser.source}: {loser.series} at {loser.samples:,} ({loser.episodes_per_task} "
+                           f"episodes; kept {best.source}'s, {best.episodes_per_task})")
+            kept[key] = best
         else:
             kept[key] = p
     return sorted(kept.values(), key=lambda q: (q.series, q.samples)), dropped

@@ -48,8 +48,16 @@ def test_one_line_per_policy_with_the_most_episodes_kept(plot_budget, tmp_path, 
     assert points["ours", 1_536_000].success == pytest.approx(78 / 100)
     assert "| ours | 1,536,000 | 78.0% |" in printed
     assert "left out: mt10.json: two_views (another recipe)" in printed
-    assert "peers_10ep.json: ours at 51,200 (10 episodes; another file has more)" in printed
+    assert "peers_10ep.json: ours at 51,200 (10 episodes; kept peers.json's, 30)" in printed
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_on_a_tie_the_file_named_first_is_kept(plot_budget, tmp_path):
+    first = plot_budget.read_points(_write(tmp_path / "a.json", [_run("model", "act", 51200, [3], 10)]))[0]
+    second = plot_budget.read_points(_write(tmp_path / "b.json", [_run("model", "act", 51200, [7], 10)]))[0]
+    points, dropped = plot_budget.merge(first + second)
+    assert [p.source for p in points] == ["a.json"]
+    assert dropped == ["b.json: ACT at 51,200 (10 episodes; kept a.json's, 10)"]
 
 
 def test_a_file_that_is_not_a_result_is_named(plot_budget, tmp_path, capsys):
