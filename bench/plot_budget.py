@@ -7,8 +7,8 @@ Reads the JSONs `bench/peers.py` and `bench/mt10.py` write. Our policy's points 
 LeRobot's inputs and our default settings: `bench/peers.py`'s `ours` without `--ours-set` or temporal
 ensembling, and `bench/mt10.py`'s `lerobot` and `lerobot_long`; other configurations are left out (and
 listed), since a line through them would mix recipes. Where two files hold the same policy at the same
-budget, the one evaluated on more episodes is kept (on a tie, the file named first). Prints the points as a table; writes a PNG (log x axis,
-95% Wilson intervals pooled over tasks, a line at issue 5's 90% goal).
+budget, the one evaluated on more episodes is kept (on a tie, the file named first). Prints the points as a
+table; writes a PNG (log x axis, 95% Wilson intervals pooled over tasks, a line at issue 5's 90% goal).
 """
 
 from __future__ import annotations
