@@ -7,7 +7,8 @@ and its image flipped on both axes; `agent_pos` = hand xyz + gripper (the first 
 
 Seeding: Meta-World's `reset` ignores its seed argument and draws object positions from
 `np_random`, so `reset(seed)` installs a `RandomState(seed)` there. That makes an episode a pure
-function of (task, seed), and equals LeRobot's env after `np.random.seed(seed)`.
+function of (task, seed), and equals LeRobot's env after `np.random.seed(seed)`, except that our
+reset frame draws the goal marker where the goal is (see `MetaWorldEnv._place_target_sites`).
 """
 
 from __future__ import annotations
@@ -157,7 +158,17 @@ class MetaWorldEnv:
     def reset(self, seed: int) -> dict[str, np.ndarray]:
         self._env.np_random = np.random.RandomState(seed)
         raw, _ = self._env.reset()
+        self._place_target_sites()
         return self._observe(raw)
+
+    def _place_target_sites(self) -> None:
+        # Meta-World moves the goal site in the model after its last forward pass of a reset, so the
+        # reset frame would draw the goal where the reset's first, discarded draw put it (reach, push,
+        # pick-place: a marker that is not the goal). Its own `step` re-places these sites in the data
+        # after every step; doing the same here makes the first frame show the real goal. LeRobot's
+        # `MetaworldEnv` keeps the stale marker on its reset frame: the one way our frames differ.
+        for name, pos in self._env._target_site_config:
+            self._env._set_pos_site(name, pos)
 
     def step(self, action: np.ndarray) -> StepResult:
         action = np.asarray(action, dtype=np.float32)

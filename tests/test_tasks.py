@@ -168,3 +168,29 @@ def test_suite_file_task_errors_name_the_field(tmp_path):
     typo.write_text("tasks:\n  t:\n    env_id: Reacher-v5\n    expertt: sim.reacher:expert\nsuites: {}\n")
     with pytest.raises(MtPolicyError, match=r"unknown fields \['expertt'\]"):
         load_suite_file(typo)
+
+
+@pytest.mark.parametrize("task", ["reach-v3", "push-v3", "pick-place-v3"])
+def test_reset_frame_draws_the_goal_where_the_goal_is(task):
+    """Meta-World leaves the goal site stale after a reset; our reset frame must show the real goal.
+
+    The reference is the same frame rendered after a full forward pass, which recomputes every site
+    from the model (where the reset put the goal)."""
+    import mujoco
+
+    from sim.metaworld_tasks import MetaWorldEnv
+    from sim.rendering import render_view
+
+    view = ObservationConfig(cameras=("corner2",), image_size=(96, 96))
+    env = MetaWorldEnv(task, view)
+    try:
+        for seed in (DEMO_SEEDS.start, DEMO_SEEDS.start + 1):
+            first = env.reset(seed)["obs/corner2"]
+            inner = env._env
+            goal_site = inner.model.site("goal").id
+            np.testing.assert_allclose(inner.data.site_xpos[goal_site], inner._target_pos)
+            mujoco.mj_forward(inner.model, inner.data)
+            reference = render_view(env._renderer, inner.data, env._camera_ids["corner2"], view.render_quality)
+            np.testing.assert_array_equal(first, np.ascontiguousarray(reference[::-1, ::-1]))
+    finally:
+        env.close()
