@@ -221,7 +221,8 @@ def _metaworld_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return f"metaworld {version('metaworld')}, mujoco {version('mujoco')}"
+        # The suffix tells stores with the real goal on their reset frames from earlier ones without it.
+        return f"metaworld {version('metaworld')}, mujoco {version('mujoco')}, goal placed on reset"
     except PackageNotFoundError:
         return "metaworld (not installed)"
 
