@@ -12,7 +12,8 @@ from sim.collect import rollout
 from sim.suites import MT10, get_suite, load_suite_file, resolve_tasks, suite_names
 from sim.tasks import ObservationConfig, get_task, task_names
 
-PIXELS = ObservationConfig(cameras=("corner2",), image_size=(32, 32))
+# With the privileged state: some tasks' seeds move only what no camera sees (pick-out-of-hole's goal).
+PIXELS = ObservationConfig(cameras=("corner2",), image_size=(32, 32), privileged=True)
 
 
 @pytest.fixture(scope="module", params=task_names())
@@ -45,9 +46,9 @@ def test_task_contract(task_env):
     for a, b in zip(first, again, strict=True):
         for key in a:
             np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name}: {key} differs under the same seed")
-    assert not np.array_equal(first[0]["obs/proprio"], other["obs/proprio"]) or not np.array_equal(
-        first[0]["obs/corner2"], other["obs/corner2"]
-    ), f"{name}: seeds 7 and 8 give the same initial state"
+    assert any(not np.array_equal(first[0][key], other[key]) for key in other), (
+        f"{name}: seeds 7 and 8 give the same initial state"
+    )
     assert spec.difficulty in ("easy", "medium", "hard", "very_hard") and spec.description
 
 
