@@ -180,10 +180,6 @@ class DemoStore:
             )
         if store.task.name != task.name:
             raise StoreError(f"{path}: holds task {store.task.name!r}, not {task.name!r}")
-        if store.task.env_version and task.env_version and store.task.env_version != task.env_version:
-            # Episodes from two simulator versions would mix two sets of observations in one store.
-            raise StoreError(f"{path}: recorded with {store.task.env_version!r}, but this run simulates "
-                             f"{task.env_version!r}; use another output directory")
         return store
 
     # ------------------------------------------------------------------ validation

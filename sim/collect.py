@@ -148,6 +148,8 @@ def collect(
     """Fill `out_dir/<task>.zarr` with `episodes` demos per task, resuming whatever is there.
 
     `action_noise`: see `rollout`; a store remembers it, and appending with another value is refused.
+    So is appending to a store recorded under another simulator version (`TaskInfo.env_version`); a
+    complete one is kept, with a warning.
     """
     obs_config = obs_config or ObservationConfig()
     if keep not in KEEP_CHOICES:
@@ -159,6 +161,7 @@ def collect(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     states: dict[str, TaskProgress] = {}
+    version_notes: list[str] = []
     for spec in tasks:
         schema = spec.schema(obs_config)
         store = DemoStore.open_or_create(store_path(out_dir, spec.name), schema, spec.info(),
@@ -170,9 +173,18 @@ def collect(
             raise MtPolicyError(f"{store.path}: its demos were collected with action noise {was}, this run asks for "
                                 f"{action_noise}; use another --out or the same --action-noise")
         need = max(0, episodes - store.n_episodes)
+        recorded, now = store.task.env_version, spec.info().env_version
+        if recorded and now and recorded != now:
+            if need:  # appending would mix two simulators' observations in one store
+                store.close()
+                raise MtPolicyError(f"{store.path}: recorded with {recorded!r}, but this run simulates {now!r}; "
+                                    f"collect into another --out (its {store.n_episodes} demos are kept)")
+            version_notes.append(f"{spec.name}: {store.path} was recorded with {recorded!r}, not {now!r}; "
+                                 f"kept as it is (collect into another --out to record it again)")
         states[spec.name] = TaskProgress(spec, store, episodes, DEMO_SEEDS.unused(store.used_seeds),
                                          attempts_left=int(need * attempts_factor) + 2)
     report = CollectReport(out_dir, {n: s.store.path for n, s in states.items()}, {}, {}, 0, 0.0, 0.0, 0.0)
+    report.warnings.extend(version_notes)
     total = sum(s.remaining for s in states.values() if s.remaining > 0)
     bar = progress_bar(total, "collect", "ep", progress)
     start = time.perf_counter()

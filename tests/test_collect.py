@@ -10,10 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
+import zarr
 from conftest import sigint_as_at_a_terminal
 
 from mt_policy.demo_store import DemoStore
-from mt_policy.errors import StoreError
+from mt_policy.errors import MtPolicyError, StoreError
 from mt_policy.seeds import DEMO_SEEDS
 from sim.collect import collect
 from sim.suites import get_suite, resolve_tasks
@@ -107,6 +108,20 @@ def test_resuming_with_a_different_observation_config_is_refused(tmp_path):
                 progress=False)
 
 
+def test_a_store_from_another_simulator_version_is_kept_when_complete_and_never_appended_to(tmp_path):
+    tasks = resolve_tasks(tasks="reach-v3")
+    collect(tasks, 1, tmp_path, SMALL, workers=1, progress=False)
+    older = "metaworld 3.1.1, mujoco 3.3.0"  # what stores said before the reset frame showed the goal
+    group = zarr.open_group(tmp_path / "reach-v3.zarr", mode="r+")
+    group.attrs["task"] = dict(group.attrs["task"]) | {"env_version": older}
+    report = collect(tasks, 1, tmp_path, SMALL, workers=1, progress=False)
+    assert any(older in w and "kept" in w for w in report.warnings), report.warnings
+    with pytest.raises(MtPolicyError, match=rf"reach-v3.zarr: recorded with '{older}', but this run simulates"):
+        collect(tasks, 2, tmp_path, SMALL, workers=1, progress=False)
+    store = DemoStore.open(tmp_path / "reach-v3.zarr")
+    assert store.n_episodes == 1 and store.task.env_version == older
+
+
 def test_cli_collect_then_inspect_validate(tmp_path):
     out = tmp_path / "demos"
     run = subprocess.run(CLI + ["collect", "--suite", "mt3", "--episodes", "2", "--out", str(out)] + SMALL_ARGS,
@@ -180,7 +195,6 @@ def test_action_noise_perturbs_what_runs_but_stores_the_experts_clean_action(tmp
     import metaworld.policies
     import numpy as np
 
-    from mt_policy.errors import MtPolicyError
     from sim.collect import rollout
     from sim.tasks import get_task
 

@@ -221,16 +221,6 @@ def test_create_refuses_existing_path_unless_overwrite(demo):
     assert DemoStore.open(demo.path).n_episodes == 0
 
 
-def test_open_or_create_appends_only_under_the_same_simulator_version(demo):
-    assert DemoStore.open_or_create(demo.path, demo.schema, demo.task).n_episodes == 3
-    newer = replace(demo.task, env_version="toy 2.0")
-    with pytest.raises(StoreError) as info:
-        DemoStore.open_or_create(demo.path, demo.schema, newer)
-    assert str(demo.path) in str(info.value)
-    assert "'toy 1.0'" in str(info.value) and "'toy 2.0'" in str(info.value)
-    assert_store_untouched(demo)
-
-
 def test_open_rejects_unknown_mode(demo):
     with pytest.raises(ValueError, match="mode"):
         DemoStore.open(demo.path, mode="w")
