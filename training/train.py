@@ -50,7 +50,10 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict | None:
     resume = run_dir / "checkpoints" / LAST if cfg.train.resume else None
     if resume is not None and not resume.exists():
         raise MtPolicyError(f"{resume}: nothing to resume from (train.resume=true needs a previous run's checkpoint)")
-    checkpoint = trainer.fit(resume)
+    try:
+        checkpoint = trainer.fit(resume)
+    finally:
+        _leave_process_group()
     if trainer.rank != 0:  # under torchrun only rank 0 reports and evaluates
         return None
     print(f"checkpoint: {checkpoint}")
@@ -60,6 +63,15 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict | None:
               f"{run_dir / 'eval' / 'final' / 'eval.md'}")
         return result
     return None
+
+
+def _leave_process_group() -> None:
+    # Under torchrun, a gloo group still alive at interpreter exit can abort the process ("terminate called
+    # without an active exception", SIGABRT) after training succeeded; leave it once every rank is done.
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
