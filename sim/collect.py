@@ -163,8 +163,8 @@ def collect(
     states: dict[str, TaskProgress] = {}
     version_notes: list[str] = []
     for spec in tasks:
-        schema = spec.schema(obs_config)
-        store = DemoStore.open_or_create(store_path(out_dir, spec.name), schema, spec.info(),
+        schema, info = spec.schema(obs_config), spec.info()
+        store = DemoStore.open_or_create(store_path(out_dir, spec.name), schema, info,
                                          created_with={"collector": "mt-policy collect", "keep": keep,
                                                        "action_noise": action_noise})
         was = store.created_with.get("action_noise", 0.0)
@@ -173,7 +173,7 @@ def collect(
             raise MtPolicyError(f"{store.path}: its demos were collected with action noise {was}, this run asks for "
                                 f"{action_noise}; use another --out or the same --action-noise")
         need = max(0, episodes - store.n_episodes)
-        recorded, now = store.task.env_version, spec.info().env_version
+        recorded, now = store.task.env_version, info.env_version
         if recorded and now and recorded != now:
             if need:  # appending would mix two simulators' observations in one store
                 store.close()
