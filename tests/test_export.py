@@ -319,10 +319,14 @@ def test_bad_images_are_refused(tmp_path):
 
 
 def test_predict_allocates_no_arrays_and_reuses_its_output_buffer(tmp_path):
-    ckpt = save_checkpoint(_policy(("drawer-close-v3",), PIXELS), tmp_path / "ckpt")
+    # 64 px so that one image copy (12,288 bytes) stands well clear of onnxruntime's own transient Python
+    # objects (about 2 KB at peak, seen in CI), which a 32 px image (3,072 bytes) did not.
+    obs_config = ObservationConfig(cameras=("corner2",), image_size=(64, 64))
+    ckpt = save_checkpoint(_policy(("drawer-close-v3",), obs_config), tmp_path / "ckpt")
     export(ckpt, tmp_path / "export", log=lambda _: None)
     runtime = PolicyRuntime(tmp_path / "export", provider="cpu")
-    obs = {"obs/corner2": np.zeros((32, 32, 3), np.uint8), "obs/proprio": np.zeros(4, np.float32)}
+    image = np.zeros((64, 64, 3), np.uint8)
+    obs = {"obs/corner2": image, "obs/proprio": np.zeros(4, np.float32)}
     first = runtime.predict(obs)
     tracemalloc.start()
     for _ in range(300):
@@ -335,8 +339,8 @@ def test_predict_allocates_no_arrays_and_reuses_its_output_buffer(tmp_path):
     tracemalloc.stop()
     assert np.shares_memory(first, last)
     assert current - settled < 1024, f"{current - settled} bytes kept over 1,000 calls"
-    # An image copy alone would be 3,072 bytes per call; the input/output buffers are reused instead.
-    assert peak - settled < 2048, f"{peak - settled} bytes peak over 1,000 calls"
+    # One transient copy of the image in any call would lift the peak by its full size.
+    assert peak - settled < image.nbytes / 2, f"{peak - settled} bytes peak over 1,000 calls"
 
 
 def test_the_runtime_does_not_import_torch(mixed_export):
