@@ -41,7 +41,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
 def run_training(cfg: DictConfig, run_dir: Path) -> dict | None:
     """Train, then (if `eval.final`) evaluate in sim; return the eval report (None without eval)."""
     import sim  # noqa: F401  (sets MUJOCO_GL before any MuJoCo import)
-    from training.trainer import LAST, Trainer, describe_run
+    from training.trainer import LAST, Trainer, describe_run, leave_distributed
 
     trainer = Trainer(cfg, run_dir)
     (run_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -53,7 +53,7 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict | None:
     try:
         checkpoint = trainer.fit(resume)
     finally:
-        _leave_process_group()
+        leave_distributed()
     if trainer.rank != 0:  # under torchrun only rank 0 reports and evaluates
         return None
     print(f"checkpoint: {checkpoint}")
@@ -63,15 +63,6 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict | None:
               f"{run_dir / 'eval' / 'final' / 'eval.md'}")
         return result
     return None
-
-
-def _leave_process_group() -> None:
-    # Under torchrun, a gloo group still alive at interpreter exit can abort the process ("terminate called
-    # without an active exception", SIGABRT) after training succeeded; leave it once every rank is done.
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

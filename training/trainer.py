@@ -425,6 +425,15 @@ def _init_distributed(device: str) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def leave_distributed() -> None:
+    """Leave the process group `_init_distributed` joined, once every rank is done."""
+    # Under torchrun, a gloo group still alive at interpreter exit can abort the process ("terminate called
+    # without an active exception", SIGABRT) after training succeeded.
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
