@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -261,9 +263,6 @@ def test_hydra_override_precedence_global_beats_per_task(stores):
 
 
 def _cli_train(args: list[str], cwd: Path) -> None:
-    import subprocess
-    import sys
-
     run = subprocess.run([sys.executable, "-m", "mt_policy.cli", "train", *args], capture_output=True, text=True,
                          timeout=300, cwd=cwd)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -341,3 +340,33 @@ def test_a_run_can_train_on_a_subset_of_the_recorded_cameras(tmp_path):
 
     with pytest.raises(SchemaError, match=r"four\.zarr: camera\(s\) \['top'\] not recorded; it has \['cam', 'wrist'\]"):
         Trainer(run_config(root, **{"data.cameras": "[top]"}), tmp_path / "bad")
+
+
+def _reach_store(root: Path, env_version: str) -> Path:
+    """A reach-v3 store of random frames in the task's real schema, said to be recorded with `env_version`."""
+    from sim.tasks import ObservationConfig, get_task
+
+    spec = get_task("reach-v3")
+    task_schema = spec.schema(ObservationConfig(image_size=(8, 8)))
+    info = TaskInfo(spec.name, spec.description, spec.env_id, env_version, spec.difficulty)
+    store, rng = DemoStore.create(root / "reach-v3.zarr", task_schema, info), np.random.default_rng(0)
+    for i in range(3):
+        store.append_episode(make_episode(task_schema, 6, rng), seed=i, success=True, expert="toy")
+    store.close()
+    return root
+
+
+@pytest.mark.parametrize("older", [False, True])
+def test_training_warns_about_a_store_recorded_under_another_simulator_version(tmp_path, older):
+    from sim.tasks import get_task
+
+    now = get_task("reach-v3").env_version
+    recorded = "metaworld 3.1.1, mujoco 3.3.0" if older else now  # before the reset frame showed the goal
+    root = _reach_store(tmp_path / "data", recorded)
+    overrides = [o for o in tiny_overrides(root) if not o.startswith("+data.tasks")]
+    run = subprocess.run([sys.executable, "-m", "mt_policy.cli", "train", *overrides, "+data.tasks={reach-v3:{}}",
+                          "train.steps=2", f"hydra.run.dir={tmp_path / 'run'}"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    warned = f"reach-v3.zarr: recorded with '{recorded}', but reach-v3 now simulates '{now}'" in run.stderr
+    assert warned == older, run.stderr[-3000:]

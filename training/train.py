@@ -41,12 +41,15 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
 def run_training(cfg: DictConfig, run_dir: Path) -> dict | None:
     """Train, then (if `eval.final`) evaluate in sim; return the eval report (None without eval)."""
     import sim  # noqa: F401  (sets MUJOCO_GL before any MuJoCo import)
-    from training.trainer import LAST, Trainer, describe_run, leave_distributed
+    from training.trainer import LAST, Trainer, describe_run, leave_distributed, simulator_mismatches
 
     trainer = Trainer(cfg, run_dir)
     (run_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     (run_dir / "tasks.json").write_text(json.dumps([asdict(t) for t in trainer.tasks], indent=2) + "\n")
     print(describe_run(trainer))
+    if trainer.rank == 0:
+        for note in simulator_mismatches(trainer.tasks, trainer.demos):
+            print(f"warning: {note}", file=sys.stderr)
     resume = run_dir / "checkpoints" / LAST if cfg.train.resume else None
     if resume is not None and not resume.exists():
         raise MtPolicyError(f"{resume}: nothing to resume from (train.resume=true needs a previous run's checkpoint)")

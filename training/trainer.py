@@ -58,6 +58,25 @@ def load_demos(tasks: list[ResolvedTask], cameras: list[str] | None = None) -> d
     return demos
 
 
+def simulator_mismatches(tasks: list[ResolvedTask], demos: dict[str, LoadedDemos]) -> list[str]:
+    """One line per store recorded under another simulator version than its task runs here.
+
+    Training on such a store works, but its frames may differ from what evaluation renders (stores recorded
+    before our Meta-World env placed the goal on the reset frame, for one).
+    """
+    from sim.tasks import get_task, task_names  # training -> sim is allowed (periodic eval too)
+
+    known = set(task_names())
+    notes = []
+    for task in tasks:
+        recorded = demos[task.name].task.env_version
+        now = get_task(task.name).env_version if task.name in known else ""
+        if recorded and now and recorded != now:
+            notes.append(f"{task.store}: recorded with {recorded!r}, but {task.name} now simulates {now!r}; "
+                         f"evaluation may see observations the demos do not (collect into a new --out to record again)")
+    return notes
+
+
 def clip_actions(demos: dict[str, LoadedDemos]) -> dict[str, LoadedDemos]:
     """Each task's actions clipped to its schema's bounds, with their statistics recomputed."""
     out = {}
