@@ -85,8 +85,8 @@ def _episode(paths: tuple[str, ...], spec: TaskSpec, obs_config: ObservationConf
     return success, steps
 
 
-def check_members(paths: list[Path]) -> tuple[list[str], int]:
-    """The members' common task names and action chunk; refuses checkpoints that cannot be averaged."""
+def check_members(paths: list[Path]) -> int:
+    """The members' common action chunk; refuses checkpoints that cannot be averaged."""
     if len(paths) < 2:
         raise MtPolicyError("an ensemble needs two or more checkpoints")
     first, _ = load_checkpoint(paths[0])
@@ -98,12 +98,12 @@ def check_members(paths: list[Path]) -> tuple[list[str], int]:
             if mine != theirs:
                 raise MtPolicyError(f"{path}: its {what} ({mine}) differ from {paths[0]}'s ({theirs}); "
                                     f"only checkpoints of the same tasks, inputs and chunk can be averaged")
-    return [t.name for t in first.tasks], first.config.action_chunk
+    return first.config.action_chunk
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     paths = [p.resolve() for p in args.checkpoints]
-    _, chunk = check_members(paths)
+    chunk = check_members(paths)
     # Every member's plan: each checks its own demo seeds against the evaluation seeds.
     plans = [plan_evaluation(PolicySource(str(p)), args.tasks, args.episodes, args.n_action_steps, None, None,
                              args.max_steps, args.first_episode) for p in paths]
@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return (policies[name], plan.specs[task], plan.obs_config, seed, plan.limits[task], args.n_action_steps,
                 chunk)
 
-    names = {paths: name for name, paths in policies.items()}
+    names = {members: name for name, members in policies.items()}
 
     def on_result(job, result) -> None:
         outcomes[names[job[0]]][job[1].name].append(bool(result[0]))
