@@ -210,6 +210,10 @@ class TaskInfo:
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
 
+    def recorded_under_another_simulator(self, env_version: str) -> bool:
+        """Whether this record names a simulator version other than `env_version` (an unknown one never does)."""
+        return bool(self.env_version and env_version and self.env_version != env_version)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "task") -> TaskInfo:
         try:

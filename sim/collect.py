@@ -173,8 +173,8 @@ def collect(
             raise MtPolicyError(f"{store.path}: its demos were collected with action noise {was}, this run asks for "
                                 f"{action_noise}; use another --out or the same --action-noise")
         need = max(0, episodes - store.n_episodes)
-        recorded, now = store.task.env_version, info.env_version
-        if recorded and now and recorded != now:
+        if store.task.recorded_under_another_simulator(info.env_version):
+            recorded, now = store.task.env_version, info.env_version
             if need:  # appending would mix two simulators' observations in one store
                 store.close()
                 raise MtPolicyError(f"{store.path}: recorded with {recorded!r}, but this run simulates {now!r}; "

@@ -69,10 +69,10 @@ def simulator_mismatches(tasks: list[ResolvedTask], demos: dict[str, LoadedDemos
     known = set(task_names())
     notes = []
     for task in tasks:
-        recorded = demos[task.name].task.env_version
+        recorded = demos[task.name].task
         now = get_task(task.name).env_version if task.name in known else ""
-        if recorded and now and recorded != now:
-            notes.append(f"{task.store}: recorded with {recorded!r}, but {task.name} now simulates {now!r}; "
+        if recorded.recorded_under_another_simulator(now):
+            notes.append(f"{task.store}: recorded with {recorded.env_version!r}, but {task.name} now simulates {now!r}; "
                          f"evaluation may see observations the demos do not (collect into a new --out to record again)")
     return notes
 
