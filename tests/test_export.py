@@ -201,6 +201,39 @@ def test_a_residual_encoder_trains_and_survives_the_checkpoint_and_the_export(tm
         dataclasses.replace(SMALL, encoder_blocks=-1)
 
 
+def test_a_sharpened_spatial_softmax_finds_a_small_spot_learns_its_scale_and_survives_the_export(tmp_path):
+    import torch
+
+    from mt_policy.model import SpatialSoftmax
+
+    # One bright cell in the top-left corner of an otherwise dim post-ReLU map: a plain softmax puts the
+    # keypoint near the centre, a sharpened one on the spot.
+    feature_map = torch.full((1, 1, 12, 12), 0.1)
+    feature_map[0, 0, 1, 1] = 1.0
+    spot = -1.0 + 2.0 / 11  # cell 1 of 12 in [-1, 1]
+    plain = SpatialSoftmax()(feature_map)
+    sharp = SpatialSoftmax(sharpness=20.0)(feature_map)
+    assert plain.abs().max() < 0.1
+    assert torch.allclose(sharp, torch.tensor([[spot, spot]]), atol=0.05)
+    assert [n for n, _ in SpatialSoftmax().named_parameters()] == []  # the default adds nothing to old checkpoints
+
+    config = dataclasses.replace(SMALL, keypoint_sharpness=10.0)
+    model = random_policy(("drawer-close-v3",), PIXELS, config)
+    pool = model.encoders["corner2"].pool
+    assert torch.isclose(pool.log_sharpness.exp(), torch.tensor(10.0))
+    model.train()
+    obs = {"obs/corner2": torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8), "obs/proprio": torch.randn(4, 4)}
+    model.head("drawer-close-v3", model.features(obs, torch.zeros(4, dtype=torch.long))).abs().mean().backward()
+    assert pool.log_sharpness.grad is not None and pool.log_sharpness.grad.abs() > 0
+    ckpt = save_checkpoint(model.eval(), tmp_path / "ckpt")
+    loaded = load_checkpoint(ckpt)[0]
+    assert loaded.config.keypoint_sharpness == 10.0
+    assert torch.equal(loaded.encoders["corner2"].pool.log_sharpness, pool.log_sharpness)
+    assert export(ckpt, tmp_path / "export", log=lambda _: None).parity.ok
+    with pytest.raises(ValueError, match=r"keypoint_sharpness must be >= 0 \(0: a plain softmax\), got -1"):
+        dataclasses.replace(SMALL, keypoint_sharpness=-1.0)
+
+
 def test_the_attention_pool_computes_attention_reads_positions_and_survives_the_export(tmp_path):
     import torch
 

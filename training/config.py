@@ -70,6 +70,8 @@ class ModelCfg:
     """0: one plain conv per layer; N: N residual blocks per layer; see `ModelConfig.encoder_blocks`."""
     attention_layers: int = 2
     """Self-attention blocks of the `attention` pool; see `ModelConfig.attention_layers`."""
+    keypoint_sharpness: float = 0.0
+    """0: plain spatial softmax; S > 0: a learned softmax scale starting at S; see `ModelConfig.keypoint_sharpness`."""
     proprio_hidden: int = 64
     feature_dim: int = 256
     task_embedding_dim: int = 32
