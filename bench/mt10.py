@@ -11,7 +11,8 @@ privileged state once; a run keeps the cameras it names through `data.cameras`):
 Four more on request (`--configs`): `lerobot_privileged` and `two_views_privileged`, the same inputs trained
 with the privileged-state probe (`train.privileged_weight`; no gain measured, bench/RESULTS.md),
 `lerobot_long`, the LeRobot protocol on twice the samples (no gain measured either), and
-`lerobot_long_sharp`, the same with a learned softmax sharpness in the keypoint layer (`model.keypoint_sharpness`).
+`lerobot_long_sharp`, the same with a learned softmax sharpness in the keypoint layer (`model.keypoint_sharpness`;
+worse, 71.6% against 79.0%).
 
 Evaluation uses the evaluation seed range (`mt_policy.seeds.EVAL_SEEDS`), disjoint by construction
 from the demo seed range; the run checks it against the seeds recorded in the stores and writes
@@ -80,7 +81,7 @@ CONFIGS: dict[str, tuple[str, tuple[str, ...], list[str]]] = {
     # this spends what the 90-minute budget leaves after `lerobot`'s 44 minutes on twice its samples.
     "lerobot_long": ("LeRobot protocol: corner2 + agent_pos, twice the samples", ("corner2",), []),
     # The goal probe places reach's 2-pixel goal marker better through a sharper softmax (3.6 against 4.4 cm on new
-    # seeds, bench/RESULTS.md); this is `lerobot_long` with that one change.
+    # seeds); this is `lerobot_long` with that one change. It scored 71.6% against 79.0% (bench/RESULTS.md).
     "lerobot_long_sharp": ("LeRobot protocol inputs, twice the samples, learned softmax sharpness from 10",
                            ("corner2",), ["model.keypoint_sharpness=10.0"]),
 }
