@@ -47,18 +47,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = ("default", "flatten", "sharpened", "no_shift")
 
 
-class Sharpened(nn.Module):
-    """Spatial softmax over the feature map times a learnable scale (a softmax temperature)."""
-
-    def __init__(self, pool: nn.Module, init: float) -> None:
-        super().__init__()
-        self.pool = pool
-        self.log_scale = nn.Parameter(torch.tensor(float(np.log(init))))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(x * self.log_scale.exp())
-
-
 def probe(store: Path, variant: str, frames: str, steps: int, episodes: int, seed: int) -> dict:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -72,9 +60,8 @@ def probe(store: Path, variant: str, frames: str, steps: int, episodes: int, see
     i_mean, i_std = images.mean((0, 2, 3))[None, :, None, None], images.std((0, 2, 3))[None, :, None, None]
 
     encoder = CameraEncoder((16, 32, 64, 64), 256, pool="flatten" if variant == "flatten" else "spatial_softmax",
-                            image_size=tuple(images.shape[-2:]))
-    if variant == "sharpened":
-        encoder.pool = Sharpened(encoder.pool, 10.0)
+                            image_size=tuple(images.shape[-2:]),
+                            keypoint_sharpness=10.0 if variant == "sharpened" else 0.0)
     head = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 3))
     optimizer = torch.optim.AdamW([*encoder.parameters(), *head.parameters()], lr=1e-3, weight_decay=1e-4)
     pool = starts if frames == "first" else np.arange(len(episode))
