@@ -295,15 +295,16 @@ class CameraEncoder(nn.Module):
 
 
 def random_shift(images: torch.Tensor, pad: int) -> torch.Tensor:
-    """DrQ-style augmentation: replicate-pad by `pad` pixels, crop back at a random offset per sample."""
-    b, c, h, w = images.shape
-    padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")
+    """DrQ-style augmentation of channels-last images (B, H, W, C), any dtype: replicate-pad by `pad` pixels and
+    crop back at a random offset per sample, done as one gather with clamped indices (what replicate padding
+    reads), so uint8 frames are shifted before they are widened to float."""
+    b, h, w = images.shape[:3]
     ox = torch.randint(0, 2 * pad + 1, (b,), device=images.device)
     oy = torch.randint(0, 2 * pad + 1, (b,), device=images.device)
-    rows = (oy[:, None] + torch.arange(h, device=images.device)[None, :])  # (B, H)
-    cols = (ox[:, None] + torch.arange(w, device=images.device)[None, :])  # (B, W)
+    rows = (oy[:, None] - pad + torch.arange(h, device=images.device)[None, :]).clamp_(0, h - 1)  # (B, H)
+    cols = (ox[:, None] - pad + torch.arange(w, device=images.device)[None, :]).clamp_(0, w - 1)  # (B, W)
     batch = torch.arange(b, device=images.device)[:, None, None]
-    return padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    return images[batch, rows[:, :, None], cols[:, None, :]]
 
 
 def _mlp(dims: list[int]) -> nn.Sequential:
@@ -408,9 +409,10 @@ class MultiTaskPolicy(nn.Module):
         proprio = (proprio - self.proprio_mean[task_ids]) / self.proprio_std[task_ids]
         parts = [self.proprio_mlp(proprio)]
         for name, encoder in self.encoders.items():
-            image = obs[camera_key(name)].permute(0, 3, 1, 2).float()  # (B, 3, H, W), 0..255
+            image = obs[camera_key(name)]  # (B, H, W, 3) uint8
             if self.training and self.config.random_shift:
                 image = random_shift(image, self.config.random_shift)  # commutes with the per-channel affine below
+            image = image.permute(0, 3, 1, 2).float()  # (B, 3, H, W), 0..255, channels-last in memory
             # (x / 255 - mean) / std as one multiply-add: two elementwise passes fewer at full resolution
             std = getattr(self, f"image_std_{name}")
             scale, shift = 1.0 / (255.0 * std), -getattr(self, f"image_mean_{name}") / std

@@ -20,7 +20,7 @@ from toy_training import CONF, TINY_MODEL, entry, run_config, tiny_overrides, wr
 from mt_policy.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mt_policy.demo_store import DemoStore
 from mt_policy.errors import SchemaError, UnknownNameError
-from mt_policy.model import ModelConfig, MultiTaskPolicy
+from mt_policy.model import ModelConfig, MultiTaskPolicy, random_shift
 from mt_policy.runner import ChunkRunner, torch_predictor
 from mt_policy.schema import ActionSchema, CameraSpec, ObservationSchema, TaskInfo, TaskSchema
 from training.balancers import BackwardContext, make_balancer
@@ -43,6 +43,23 @@ def test_heads_have_their_own_action_sizes_in_one_model():
     assert model(tiny_obs(3), "four").shape == (3, 4, 4)
     assert model(tiny_obs(2, proprio=5), "two").shape == (2, 4, 2)
     assert model.observation.proprio_size == 5  # padded to the widest task
+
+
+def test_random_shift_is_a_replicate_padded_crop_of_each_uint8_frame():
+    images = torch.randint(0, 256, (16, 10, 12, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    pad = 3
+    torch.manual_seed(1)
+    shifted = random_shift(images, pad)
+    assert shifted.dtype == torch.uint8 and shifted.shape == images.shape
+    # Written the obvious way: pad every frame by repeating its border, then try every crop offset.
+    padded = torch.nn.functional.pad(images.permute(0, 3, 1, 2).float(), (pad,) * 4, mode="replicate")
+    offsets = set()
+    for i in range(len(images)):
+        matches = [(dy, dx) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)
+                   if torch.equal(padded[i, :, dy:dy + 10, dx:dx + 12], shifted[i].permute(2, 0, 1).float())]
+        assert matches, f"frame {i} is not a crop of its padded frame"
+        offsets.add(matches[0])
+    assert len(offsets) > 4  # the offsets vary between frames
 
 
 def test_unknown_task_names_and_indices_list_the_known_tasks():
