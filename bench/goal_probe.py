@@ -47,28 +47,34 @@ RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = ("default", "flatten", "sharpened", "no_shift")
 
 
-def probe(store: Path, variant: str, frames: str, steps: int, episodes: int, seed: int) -> dict:
+def probe(store: Path, variant: str, frames: str, steps: int, episodes: int, seed: int,
+          cameras: tuple[str, ...] = ("corner2",)) -> dict:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    loaded = DemoStore.open(store).load(cameras=["corner2"])
+    loaded = DemoStore.open(store).load(cameras=list(cameras))
     ends, starts = loaded.episode_ends.astype(np.int64), loaded.episode_starts
-    images = torch.as_tensor(loaded.arrays["obs/corner2"]).permute(0, 3, 1, 2).float()
+    # Several cameras are stacked along the channels and split again before their own encoders.
+    images = torch.cat([torch.as_tensor(loaded.arrays[f"obs/{c}"]).permute(0, 3, 1, 2).float() for c in cameras], 1)
     proprio = loaded.arrays["obs/proprio"]
     episode = np.repeat(np.arange(len(ends)), ends - starts)
     target = torch.as_tensor(proprio[ends[episode] - 1][:, :3])
     t_mean, t_std = target.mean(0), target.std(0)
     i_mean, i_std = images.mean((0, 2, 3))[None, :, None, None], images.std((0, 2, 3))[None, :, None, None]
 
-    encoder = CameraEncoder((16, 32, 64, 64), 256, pool="flatten" if variant == "flatten" else "spatial_softmax",
-                            image_size=tuple(images.shape[-2:]),
-                            keypoint_sharpness=10.0 if variant == "sharpened" else 0.0)
-    head = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 3))
-    optimizer = torch.optim.AdamW([*encoder.parameters(), *head.parameters()], lr=1e-3, weight_decay=1e-4)
+    encoders = nn.ModuleList(CameraEncoder((16, 32, 64, 64), 256, pool="flatten" if variant == "flatten" else "spatial_softmax",
+                                           image_size=tuple(images.shape[-2:]),
+                                           keypoint_sharpness=10.0 if variant == "sharpened" else 0.0) for _ in cameras)
+
+    def encoder(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([enc(view) for enc, view in zip(encoders, x.split(3, dim=1), strict=True)], dim=1)
+
+    head = nn.Sequential(nn.Linear(256 * len(cameras), 256), nn.ReLU(), nn.Linear(256, 3))
+    optimizer = torch.optim.AdamW([*encoders.parameters(), *head.parameters()], lr=1e-3, weight_decay=1e-4)
     pool = starts if frames == "first" else np.arange(len(episode))
     started = time.perf_counter()
     for _ in range(steps):
         rows = rng.choice(pool, 64)
-        x = images[rows] if variant == "no_shift" else random_shift(images[rows], 4)
+        x = images[rows] if variant == "no_shift" else random_shift(images[rows].permute(0, 2, 3, 1), 4).permute(0, 3, 1, 2)
         loss = (head(encoder((x - i_mean) / i_std)) - (target[rows] - t_mean) / t_std).abs().mean()
         optimizer.zero_grad()
         loss.backward()
@@ -82,7 +88,7 @@ def probe(store: Path, variant: str, frames: str, steps: int, episodes: int, see
     # The hand ends short of the goal by a fixed offset (success is measured at the tool centre): learn it
     # from the demos rather than assume it.
     camera = loaded.schema.observation.cameras[0]
-    env = MetaWorldEnv("reach-v3", ObservationConfig(cameras=("corner2",), image_size=(camera.height, camera.width),
+    env = MetaWorldEnv("reach-v3", ObservationConfig(cameras=tuple(cameras), image_size=(camera.height, camera.width),
                                                      proprio="agent_pos",
                                                      render_quality=loaded.schema.observation.render_quality))
     offsets, new_errors = [], []
@@ -92,11 +98,11 @@ def probe(store: Path, variant: str, frames: str, steps: int, episodes: int, see
     offset = np.mean(offsets, axis=0)
     for s in EVAL_SEEDS.take(episodes):  # the evaluator's seeds
         obs = env.reset(seed=s)
-        x = torch.as_tensor(obs["obs/corner2"])[None].permute(0, 3, 1, 2).float()
+        x = torch.cat([torch.as_tensor(obs[f"obs/{c}"])[None].permute(0, 3, 1, 2).float() for c in cameras], 1)
         new_errors.append(float(np.linalg.norm(predict(x)[0].numpy() - (np.asarray(env._env._target_pos) - offset))))
     env.close()
     mean_guess = float((target[starts] - target[starts].mean(0)).norm(dim=1).mean())
-    return {"variant": variant, "frames": frames, "image_size": camera.height, "steps": steps, "final_train_l1": float(loss.detach()),
+    return {"variant": variant, "frames": frames, "cameras": list(cameras), "image_size": camera.height, "steps": steps, "final_train_l1": float(loss.detach()),
             "first_frame_error_train_m": float(train_error.mean()), "first_frame_error_new_seeds_m": float(np.mean(new_errors)),
             "predict_the_mean_m": mean_guess, "seconds": time.perf_counter() - started}
 
@@ -106,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--store", type=Path, default=Path("runs/bench_mt10/demos/reach-v3.zarr"))
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {list(VARIANTS)}")
     p.add_argument("--frames", default="first,all", help="first, all, or both (comma-separated)")
+    p.add_argument("--cameras", default="corner2", help="comma-separated cameras of the store, one encoder each")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--episodes", type=int, default=20, help="new evaluation seeds to test on")
     p.add_argument("--threads", type=int, default=1)
@@ -121,14 +128,15 @@ def main(argv: list[str] | None = None) -> int:
         for variant in args.variants.split(","):
             if variant not in VARIANTS:
                 sys.exit(f"unknown variant {variant!r}; known: {list(VARIANTS)}")
-            rows.append(probe(args.store, variant, frames, args.steps, args.episodes, args.seed))
+            rows.append(probe(args.store, variant, frames, args.steps, args.episodes, args.seed,
+                              tuple(args.cameras.split(","))))
             r = rows[-1]
-            print(f"{frames:5s} {variant:10s} {r['image_size']} px  train L1 {r['final_train_l1']:.3f}  first-frame error: demos "
+            print(f"{frames:5s} {variant:10s} {'+'.join(r['cameras'])} {r['image_size']} px  train L1 {r['final_train_l1']:.3f}  first-frame error: demos "
                   f"{r['first_frame_error_train_m']:.3f} m, new seeds {r['first_frame_error_new_seeds_m']:.3f} m "
                   f"(predict the mean: {r['predict_the_mean_m']:.3f} m)  {r['seconds']:.0f} s", flush=True)
     runs = [{"command": " ".join(sys.argv), "store": str(args.store), "rows": rows}]
     if args.append and args.out.exists():
-        key = lambda r: (r["variant"], r["frames"], r["image_size"])  # noqa: E731
+        key = lambda r: (r["variant"], r["frames"], r["image_size"], tuple(r.get("cameras", ["corner2"])))  # noqa: E731
         mine = {key(r) for r in rows}
         for run in json.loads(args.out.read_text())["runs"]:
             run["rows"] = [r for r in run["rows"] if key(r) not in mine]
