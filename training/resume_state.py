@@ -31,4 +31,10 @@ def restore_training_state(tensors: dict[str, torch.Tensor], fields: dict[str, A
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     optim_state = {int(i): {k: tensors[f"optim.{i}.{k}"] for k in keys} for i, keys in fields["optim_keys"].items()}
     optimizer.load_state_dict({"state": optim_state, "param_groups": fields["param_groups"]})
+    # Saved contiguous; give each moment its parameter's layout again (channels-last conv weights), or a fused
+    # update takes another code path and a resumed run drifts from a straight one in the last bits.
+    for param, moments in optimizer.state.items():
+        for key, value in moments.items():
+            if torch.is_tensor(value) and value.shape == param.shape:
+                moments[key] = torch.empty_like(param).copy_(value)
     torch.set_rng_state(tensors["torch_rng"])

@@ -326,12 +326,6 @@ class Trainer:
             raise MtPolicyError(f"{path}: no resume state (resume.safetensors + {STATE_FILE}); cannot resume from it")
         state = json.loads(state_file.read_text())
         restore_training_state(tensors, state, self.model, self.optimizer)
-        # The checkpoint holds the moments contiguous; give them their parameter's (channels-last) layout again,
-        # or the fused update takes another code path and a resumed run drifts from a straight one in the last bits.
-        for param, moments in self.optimizer.state.items():
-            for key, value in moments.items():
-                if torch.is_tensor(value) and value.shape == param.shape:
-                    moments[key] = torch.empty_like(param).copy_(value)
         self.balancer.load_state_dict({k[9:]: v for k, v in tensors.items() if k.startswith("balancer.")})
         if self.ema is not None:
             self.ema.load_state_dict(load_file(str(path / WEIGHTS)))
