@@ -53,19 +53,22 @@ def probe(store: Path, variant: str, frames: str, steps: int, episodes: int, see
     rng = np.random.default_rng(seed)
     loaded = DemoStore.open(store).load(cameras=list(cameras))
     ends, starts = loaded.episode_ends.astype(np.int64), loaded.episode_starts
-    # Several cameras are stacked along the channels and split again before their own encoders.
-    images = torch.cat([torch.as_tensor(loaded.arrays[f"obs/{c}"]).permute(0, 3, 1, 2).float() for c in cameras], 1)
+    # Frames as stored, (N, H, W, 3) uint8, the cameras side by side along the channels; `features` splits them.
+    images = torch.cat([torch.as_tensor(loaded.arrays[f"obs/{c}"]) for c in cameras], dim=-1)
     proprio = loaded.arrays["obs/proprio"]
     episode = np.repeat(np.arange(len(ends)), ends - starts)
     target = torch.as_tensor(proprio[ends[episode] - 1][:, :3])
     t_mean, t_std = target.mean(0), target.std(0)
-    i_mean, i_std = images.mean((0, 2, 3))[None, :, None, None], images.std((0, 2, 3))[None, :, None, None]
+    as_float = images.float()
+    i_mean, i_std = as_float.mean((0, 1, 2)), as_float.std((0, 1, 2))
+    del as_float
 
     encoders = nn.ModuleList(CameraEncoder((16, 32, 64, 64), 256, pool="flatten" if variant == "flatten" else "spatial_softmax",
-                                           image_size=tuple(images.shape[-2:]),
+                                           image_size=tuple(images.shape[1:3]),
                                            keypoint_sharpness=10.0 if variant == "sharpened" else 0.0) for _ in cameras)
 
-    def encoder(x: torch.Tensor) -> torch.Tensor:
+    def features(frames: torch.Tensor) -> torch.Tensor:
+        x = ((frames.float() - i_mean) / i_std).permute(0, 3, 1, 2)
         return torch.cat([enc(view) for enc, view in zip(encoders, x.split(3, dim=1), strict=True)], dim=1)
 
     head = nn.Sequential(nn.Linear(256 * len(cameras), 256), nn.ReLU(), nn.Linear(256, 3))
@@ -74,15 +77,15 @@ def probe(store: Path, variant: str, frames: str, steps: int, episodes: int, see
     started = time.perf_counter()
     for _ in range(steps):
         rows = rng.choice(pool, 64)
-        x = images[rows] if variant == "no_shift" else random_shift(images[rows].permute(0, 2, 3, 1), 4).permute(0, 3, 1, 2)
-        loss = (head(encoder((x - i_mean) / i_std)) - (target[rows] - t_mean) / t_std).abs().mean()
+        x = images[rows] if variant == "no_shift" else random_shift(images[rows], 4)
+        loss = (head(features(x)) - (target[rows] - t_mean) / t_std).abs().mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
 
     @torch.no_grad()
     def predict(x: torch.Tensor) -> torch.Tensor:
-        return head(encoder((x - i_mean) / i_std)) * t_std + t_mean
+        return head(features(x)) * t_std + t_mean
 
     train_error = (predict(images[starts]) - target[starts]).norm(dim=1)
     # The hand ends short of the goal by a fixed offset (success is measured at the tool centre): learn it
@@ -98,7 +101,7 @@ def probe(store: Path, variant: str, frames: str, steps: int, episodes: int, see
     offset = np.mean(offsets, axis=0)
     for s in EVAL_SEEDS.take(episodes):  # the evaluator's seeds
         obs = env.reset(seed=s)
-        x = torch.cat([torch.as_tensor(obs[f"obs/{c}"])[None].permute(0, 3, 1, 2).float() for c in cameras], 1)
+        x = torch.cat([torch.as_tensor(obs[f"obs/{c}"])[None] for c in cameras], dim=-1)
         new_errors.append(float(np.linalg.norm(predict(x)[0].numpy() - (np.asarray(env._env._target_pos) - offset))))
     env.close()
     mean_guess = float((target[starts] - target[starts].mean(0)).norm(dim=1).mean())
