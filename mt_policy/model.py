@@ -79,6 +79,10 @@ class ModelConfig:
     """Ta: future actions predicted per call."""
     random_shift: int = 4
     """Pixels of random-shift augmentation in training (0: none)."""
+    proprio_dropout: float = 0.0
+    """Training only: the chance that a sample's proprio vector is replaced by its task's mean (zero once
+    normalised), so the policy cannot lean on the hand's path alone to tell one demo from another and must
+    read the goal from the image (0: never)."""
     privileged_size: int = 0
     """Entries of the demos' privileged simulator state (object, goal and hand positions) that a per-task linear
     probe on the trunk features learns to predict in training, so the shared encoder must locate what the task
@@ -108,6 +112,8 @@ class ModelConfig:
             raise ValueError("action_chunk, feature_dim and task_embedding_dim must be >= 1")
         if self.task_embedding_scale < 0 or self.random_shift < 0 or self.privileged_size < 0:
             raise ValueError("task_embedding_scale, random_shift and privileged_size must be >= 0")
+        if not 0.0 <= self.proprio_dropout < 1.0:
+            raise ValueError(f"proprio_dropout must be in [0, 1), got {self.proprio_dropout}")
 
 
 @dataclass
@@ -407,6 +413,9 @@ class MultiTaskPolicy(nn.Module):
         if proprio.shape[-1] < p:
             proprio = F.pad(proprio, (0, p - proprio.shape[-1]))
         proprio = (proprio - self.proprio_mean[task_ids]) / self.proprio_std[task_ids]
+        if self.training and self.config.proprio_dropout:
+            kept = torch.rand(proprio.shape[0], 1, device=proprio.device) >= self.config.proprio_dropout
+            proprio = proprio * kept
         parts = [self.proprio_mlp(proprio)]
         for name, encoder in self.encoders.items():
             image = obs[camera_key(name)]  # (B, H, W, 3) uint8

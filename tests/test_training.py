@@ -61,6 +61,26 @@ def test_random_shift_is_a_replicate_padded_crop_of_each_uint8_frame():
         offsets.add(matches[0])
     assert len(offsets) > 4  # the offsets vary between frames
 
+def test_proprio_dropout_hides_some_samples_proprio_in_training_and_none_in_eval():
+    torch.manual_seed(0)
+    # No random shift, so training and eval features differ only by the dropout
+    model = MultiTaskPolicy(ModelConfig(**TINY_MODEL | {"proprio_dropout": 0.5, "random_shift": 0}),
+                            [entry("four", 4)]).eval()
+    obs, ids = tiny_obs(64), torch.zeros(64, dtype=torch.long)
+    at_mean = dict(obs, **{"obs/proprio": model.proprio_mean[ids]})  # what a dropped sample looks like
+    with torch.no_grad():
+        reference, blind = model.features(obs, ids), model.features(at_mean, ids)
+        assert torch.equal(model.features(obs, ids), reference)  # eval never drops
+        trained = model.train().features(obs, ids)
+    differs = ~torch.isclose(reference, blind, atol=1e-6).all(dim=1)
+    assert bool(differs.all())  # every sample's features depend on its proprio
+    dropped = torch.isclose(trained, blind, atol=1e-6).all(dim=1)
+    kept = torch.isclose(trained, reference, atol=1e-6).all(dim=1)
+    assert bool((dropped ^ kept).all())  # each sample is either whole or blind to its proprio
+    assert 16 < int(dropped.sum()) < 48  # about half of them blind
+    with pytest.raises(ValueError, match="proprio_dropout"):
+        ModelConfig(**TINY_MODEL | {"proprio_dropout": 1.0})
+
 
 def test_unknown_task_names_and_indices_list_the_known_tasks():
     model = MultiTaskPolicy(ModelConfig(**TINY_MODEL), [entry("four", 4), entry("two", 2)])

@@ -80,6 +80,8 @@ class ModelCfg:
     head_hidden: int = 256
     action_chunk: int = 8
     random_shift: int = 4
+    proprio_dropout: float = 0.0
+    """Training only: chance a sample's proprio is replaced by its task's mean; see `ModelConfig.proprio_dropout`."""
 
 
 @dataclass
