@@ -92,7 +92,7 @@ CONFIGS: dict[str, tuple[str, tuple[str, ...], list[str]]] = {
     "lerobot_max": ("LeRobot protocol: corner2 + agent_pos, the samples the 90-minute budget allows", ("corner2",), []),
     # With 50 demos the hand's path alone tells the demos apart, so a policy can replay the nearest demo instead of
     # reading the goal from the image; hiding the proprio from most training samples forces the image. On reach alone
-    # (validation slice) 0.7 scored 50 of 80 against 32 without; on MT10 it scored 76.8% against 79.0% (bench/RESULTS.md).
+    # (validation slices, two seeds) 0.7 scored 93 of 160 against 45 without; on MT10 it scored 76.8% against 79.0% (bench/RESULTS.md).
     "lerobot_long_pdrop": ("LeRobot protocol inputs, twice the samples, proprio hidden from 70% of training samples",
                            ("corner2",), ["model.proprio_dropout=0.7"]),
 }
