@@ -61,6 +61,7 @@ def test_random_shift_is_a_replicate_padded_crop_of_each_uint8_frame():
         offsets.add(matches[0])
     assert len(offsets) > 4  # the offsets vary between frames
 
+
 def test_proprio_dropout_hides_some_samples_proprio_in_training_and_none_in_eval():
     torch.manual_seed(0)
     # No random shift, so training and eval features differ only by the dropout
