@@ -42,6 +42,12 @@ def _add_collect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--privileged", action="store_true",
                    help="also store each frame's full simulator state as a training-only target "
                         "(train.privileged_weight); the policy never sees it")
+    p.add_argument("--settle-steps", type=int, default=0, metavar="K",
+                   help="record K more expert steps after success, so demos show the motion finished inside the "
+                        "goal region rather than stopping where success first fires (default 0)")
+    p.add_argument("--tool-centre", action="store_true",
+                   help="experts that put the hand flange on the goal (reach) aim the tool centre between the "
+                        "fingertips at it instead, where the task measures success")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -223,7 +229,7 @@ def _run_collect(args: argparse.Namespace):
     tasks = _tasks_from_args(args)
     report = collect(tasks, args.episodes, args.out, _obs_from_args(args), workers=args.workers, keep=args.keep,
                      attempts_factor=args.attempts_factor, action_noise=args.action_noise,
-                     progress=not args.no_progress)
+                     settle_steps=args.settle_steps, tool_centre=args.tool_centre, progress=not args.no_progress)
     print(f"\n{'task':32s} {'kept':>5s} {'rejected':>8s}  store")
     for name, path in report.stores.items():
         print(f"{name:32s} {report.kept[name]:5d} {report.rejected[name]:8d}  {path}")

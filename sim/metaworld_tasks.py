@@ -37,6 +37,9 @@ FLIPPED_CAMERAS = frozenset({"corner2"})
 CAMERAS = ("topview", "corner", "corner2", "corner3", "corner4", "behindGripper", "gripperPOV")
 AGENT_POS_SIZE = 4
 FULL_STATE_SIZE = 39
+GOAL_SLICE = slice(36, 39)  # the goal's entries in Meta-World's 39-D state
+# Tasks whose scripted expert servoes the hand flange (`agent_pos`) onto the goal point itself.
+FLANGE_ON_GOAL_EXPERTS = frozenset({"reach-v3"})
 
 # name -> (difficulty group as in LeRobot's Meta-World tables, description)
 TASKS: dict[str, tuple[str, str]] = {
@@ -141,7 +144,21 @@ class MetaWorldEnv:
         self._camera_ids = {c: mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, c) for c in obs.cameras}
         self._renderer = mujoco.Renderer(model, height, width) if obs.cameras else None
         self._expert = getattr(metaworld.policies, expert_class_name(task))()
+        self._aim_offset: np.ndarray | None = None
         self._raw: np.ndarray | None = None
+
+    def aim_tool_centre(self) -> bool:
+        """Make the expert bring the tool centre, not the hand flange, onto the goal; False where it has no such aim.
+
+        Reach succeeds when the tool centre between the fingertips comes within 5 cm of the goal, and the tool
+        centre hangs 4.5 cm below the flange that Meta-World's reach expert puts on the goal: the expert's own
+        resting point is 0.5 cm inside the success sphere, so a policy that imitates it fails on a centimetre's
+        error. Aimed at the tool centre, the resting point is the sphere's centre.
+        """
+        if self.task not in FLANGE_ON_GOAL_EXPERTS:
+            return False
+        self._aim_offset = np.zeros(FULL_STATE_SIZE)  # set from the simulator on every call
+        return True
 
     def _render(self, camera: str) -> np.ndarray:
         assert self._renderer is not None
@@ -180,9 +197,13 @@ class MetaWorldEnv:
     def expert_action(self) -> np.ndarray:
         if self._raw is None:
             raise RuntimeError("call reset() before expert_action()")
+        state = self._raw
+        if self._aim_offset is not None:  # move the goal up by the flange-to-tool-centre offset
+            self._aim_offset[GOAL_SLICE] = state[:3] - self._env.tcp_center
+            state = state + self._aim_offset
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the experts warn about their own gains on every call
-            return np.asarray(self._expert.get_action(self._raw), dtype=np.float32)
+            return np.asarray(self._expert.get_action(state), dtype=np.float32)
 
     def close(self) -> None:
         if self._renderer is not None:
@@ -196,6 +217,10 @@ def expert_class_name(task: str) -> str:
     if task in _EXPERT_NAME_EXCEPTIONS:
         return _EXPERT_NAME_EXCEPTIONS[task]
     return "Sawyer" + "".join(part.capitalize() for part in task.split("-")) + "Policy"
+
+
+def tool_centre_expert_name(task: str) -> str:
+    return f"{expert_class_name(task)} (tool centre)"
 
 
 _EXPERT_NAME_EXCEPTIONS = {"peg-insert-side-v3": "SawyerPegInsertionSideV3Policy"}
@@ -213,6 +238,7 @@ def _register_all() -> None:
             make_env=functools.partial(MetaWorldEnv, name),
             make_schema=metaworld_schema,
             expert=expert_class_name(name),
+            tool_centre_expert=tool_centre_expert_name(name) if name in FLANGE_ON_GOAL_EXPERTS else None,
         ))
 
 

@@ -77,6 +77,9 @@ class TaskSpec:
     """Name of the scripted expert, recorded with every demo."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     env_version: str = ""
+    tool_centre_expert: str | None = None
+    """The expert's name when `aim_tool_centre()` makes it bring the tool centre, not the hand flange, onto the goal
+    (`mt-policy collect --tool-centre`); None where the task's expert has no such aim."""
 
     def __post_init__(self) -> None:
         if self.difficulty not in DIFFICULTIES:

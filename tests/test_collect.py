@@ -213,5 +213,59 @@ def test_action_noise_perturbs_what_runs_but_stores_the_experts_clean_action(tmp
 
     collect([spec], 1, tmp_path, config, workers=1, action_noise=0.2, progress=False)
     assert DemoStore.open(tmp_path / "reach-v3.zarr").created_with["action_noise"] == 0.2
-    with pytest.raises(MtPolicyError, match=r"reach-v3.zarr: its demos were collected with action noise 0.2"):
+    with pytest.raises(MtPolicyError, match=r"reach-v3.zarr: its episodes were collected with --action-noise 0.2, this run asks for 0.0"):
         collect([spec], 2, tmp_path, config, workers=1, progress=False)
+
+
+def test_settle_steps_record_the_expert_past_success_and_a_store_keeps_their_number(tmp_path):
+    import numpy as np
+
+    from sim.collect import rollout
+    from sim.tasks import get_task
+
+    spec, config = get_task("reach-v3"), ObservationConfig(cameras=(), proprio="full_state")
+    env = spec.make_env(config)
+    plain, plain_ok = rollout(env, 3, 200)
+    settled, settled_ok = rollout(env, 3, 200, settle_steps=6)
+    capped, capped_ok = rollout(env, 3, len(plain["action"]) + 2, settle_steps=6)
+    env.close()
+    assert plain_ok and settled_ok and capped_ok
+    n = len(plain["action"])
+    assert len(settled["action"]) == n + 6 and len(capped["action"]) == n + 2  # max_steps still bounds the episode
+    for key in plain:
+        np.testing.assert_array_equal(settled[key][:n], plain[key])  # the same episode, continued
+    goal = settled["obs/proprio"][0, 36:39]
+    hand = settled["obs/proprio"][:, :3]
+    assert np.linalg.norm(hand[-1] - goal) < np.linalg.norm(hand[n - 1] - goal)  # the expert kept closing in
+
+    collect([spec], 1, tmp_path, config, workers=1, settle_steps=6, progress=False)
+    store = DemoStore.open(tmp_path / "reach-v3.zarr")
+    assert store.created_with["settle_steps"] == 6 and store.n_episodes == 1
+    with pytest.raises(MtPolicyError, match=r"collected with --settle-steps 6, this run asks for 0"):
+        collect([spec], 2, tmp_path, config, workers=1, progress=False)
+
+
+def test_the_tool_centre_reach_expert_rests_the_fingertips_on_the_goal_where_the_plain_one_stops_short(tmp_path):
+    import numpy as np
+
+    from sim.collect import rollout
+    from sim.tasks import get_task
+
+    spec, config = get_task("reach-v3"), ObservationConfig(cameras=(), proprio="full_state")
+    distances = {}
+    for aimed in (False, True):
+        env = spec.make_env(config)
+        assert not aimed or env.aim_tool_centre()
+        arrays, success = rollout(env, 3, 300, settle_steps=80)
+        assert success
+        distances[aimed] = float(np.linalg.norm(env._env.tcp_center - arrays["obs/proprio"][-1, 36:39]))
+        env.close()
+    assert 0.04 < distances[False] < 0.05  # at rest, the plain expert's fingertips sit just inside the 5 cm sphere
+    assert distances[True] < 0.01
+    push = get_task("push-v3").make_env(config)
+    assert not push.aim_tool_centre()  # its expert aims the puck, not the flange
+    push.close()
+
+    collect([spec], 1, tmp_path, config, workers=1, tool_centre=True, progress=False)
+    store = DemoStore.open(tmp_path / "reach-v3.zarr")
+    assert store.created_with["tool_centre"] is True and store.experts == ["SawyerReachV3Policy (tool centre)"]
