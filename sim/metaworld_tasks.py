@@ -144,7 +144,7 @@ class MetaWorldEnv:
         self._camera_ids = {c: mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, c) for c in obs.cameras}
         self._renderer = mujoco.Renderer(model, height, width) if obs.cameras else None
         self._expert = getattr(metaworld.policies, expert_class_name(task))()
-        self._aim_offset: np.ndarray | None = None
+        self._aims_tool_centre = False
         self._raw: np.ndarray | None = None
 
     def aim_tool_centre(self) -> bool:
@@ -155,10 +155,8 @@ class MetaWorldEnv:
         resting point is 0.5 cm inside the success sphere, so a policy that imitates it fails on a centimetre's
         error. Aimed at the tool centre, the resting point is the sphere's centre.
         """
-        if self.task not in FLANGE_ON_GOAL_EXPERTS:
-            return False
-        self._aim_offset = np.zeros(FULL_STATE_SIZE)  # set from the simulator on every call
-        return True
+        self._aims_tool_centre = self.task in FLANGE_ON_GOAL_EXPERTS
+        return self._aims_tool_centre
 
     def _render(self, camera: str) -> np.ndarray:
         assert self._renderer is not None
@@ -198,9 +196,9 @@ class MetaWorldEnv:
         if self._raw is None:
             raise RuntimeError("call reset() before expert_action()")
         state = self._raw
-        if self._aim_offset is not None:  # move the goal up by the flange-to-tool-centre offset
-            self._aim_offset[GOAL_SLICE] = state[:3] - self._env.tcp_center
-            state = state + self._aim_offset
+        if self._aims_tool_centre:  # the goal the expert sees moves up by the flange-to-tool-centre offset
+            state = state.copy()
+            state[GOAL_SLICE] += state[:3] - self._env.tcp_center
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the experts warn about their own gains on every call
             return np.asarray(self._expert.get_action(state), dtype=np.float32)
@@ -219,10 +217,6 @@ def expert_class_name(task: str) -> str:
     return "Sawyer" + "".join(part.capitalize() for part in task.split("-")) + "Policy"
 
 
-def tool_centre_expert_name(task: str) -> str:
-    return f"{expert_class_name(task)} (tool centre)"
-
-
 _EXPERT_NAME_EXCEPTIONS = {"peg-insert-side-v3": "SawyerPegInsertionSideV3Policy"}
 
 
@@ -238,7 +232,7 @@ def _register_all() -> None:
             make_env=functools.partial(MetaWorldEnv, name),
             make_schema=metaworld_schema,
             expert=expert_class_name(name),
-            tool_centre_expert=tool_centre_expert_name(name) if name in FLANGE_ON_GOAL_EXPERTS else None,
+            tool_centre_expert=f"{expert_class_name(name)} (tool centre)" if name in FLANGE_ON_GOAL_EXPERTS else None,
         ))
 
 

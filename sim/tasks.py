@@ -78,8 +78,8 @@ class TaskSpec:
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     env_version: str = ""
     tool_centre_expert: str | None = None
-    """The expert's name when `aim_tool_centre()` makes it bring the tool centre, not the hand flange, onto the goal
-    (`mt-policy collect --tool-centre`); None where the task's expert has no such aim."""
+    """The expert's name when it brings the tool centre, not the hand flange, onto the goal (`mt-policy collect
+    --tool-centre`; the task's env then has `aim_tool_centre()`); None where the task's expert has no such aim."""
 
     def __post_init__(self) -> None:
         if self.difficulty not in DIFFICULTIES:
