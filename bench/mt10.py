@@ -15,8 +15,9 @@ with the privileged-state probe (`train.privileged_weight`; no gain measured, be
 worse, 71.6% against 79.0%), and `lerobot_max`, the LeRobot protocol on as many samples as the 90-minute budget
 allows (4.1 M; 77.0%, no gain), and `lerobot_long_pdrop`, `lerobot_long` with the proprio hidden from 70% of the
 training samples (`model.proprio_dropout`; 76.8%, no gain), and `lerobot_pdrop`, `lerobot` with that dropout, meant
-for demos collected with `--settle-steps K` (the expert recorded K steps past success) and `--tool-centre` (reach's
-expert aims the tool centre at the goal, where success is measured); a work directory's stores keep those settings.
+for demos collected with `--tool-centre` (reach's expert aims the tool centre at the goal, where success is measured).
+`--settle-steps K` records the expert K steps past success (no gain on reach alone). A work directory's stores keep
+the settings they were collected with.
 
 Evaluation uses the evaluation seed range (`mt_policy.seeds.EVAL_SEEDS`), disjoint by construction
 from the demo seed range; the run checks it against the seeds recorded in the stores and writes
@@ -25,8 +26,8 @@ continues an interrupted training run from its last checkpoint and reuses a fini
 
     .venv/bin/python bench/mt10.py                          # every configuration, 50 demos, 50 episodes
     .venv/bin/python bench/mt10.py --configs best --steps 500 --episodes 5   # a quick look
-    .venv/bin/python bench/mt10.py --configs lerobot_pdrop --settle-steps 20 --tool-centre --record-cameras corner2 \
-        --work runs/bench_mt10_settle --out bench/results/mt10_settle.json
+    .venv/bin/python bench/mt10.py --configs lerobot_pdrop --tool-centre --work runs/bench_mt10_tc \
+        --out bench/results/mt10_tool_centre.json
 
 Writes `bench/results/mt10.json` (per configuration and task: successes, episodes, Wilson 95% CI)
 and `bench/results/mt10.md` (the tables for bench/RESULTS.md).
@@ -101,7 +102,7 @@ CONFIGS: dict[str, tuple[str, tuple[str, ...], list[str]]] = {
                            ("corner2",), ["model.proprio_dropout=0.7"]),
     # Reach alone learns to read its goal only with the proprio hidden, and only reaches it reliably when the demos'
     # expert aims the tool centre, where success is measured (--tool-centre; bench/RESULTS.md): 71 of 80 validation
-    # episodes against 32 with neither. Meant for stores collected with --tool-centre (and --settle-steps).
+    # episodes against 32 with neither. Meant for stores collected with --tool-centre.
     "lerobot_pdrop": ("LeRobot protocol inputs, proprio hidden from 70% of training samples", ("corner2",),
                       ["model.proprio_dropout=0.7"]),
 }
