@@ -162,11 +162,11 @@ def collect(
     """Fill `out_dir/<task>.zarr` with `episodes` demos per task, resuming whatever is there.
 
     `action_noise`: see `rollout`; a store remembers it, and appending with another value is refused.
+    So is appending to a store recorded under another simulator version (`TaskInfo.env_version`); a
+    complete one is kept, with a warning.
     `settle_steps`: expert steps recorded past success (see `rollout`); a store remembers them too.
     `tool_centre`: tasks whose expert puts the hand flange on the goal (`TaskSpec.tool_centre_expert`: reach)
     aim the tool centre at it instead; their stores remember it and name that expert, other tasks ignore it.
-    So is appending to a store recorded under another simulator version (`TaskInfo.env_version`); a
-    complete one is kept, with a warning.
     """
     obs_config = obs_config or ObservationConfig()
     if keep not in KEEP_CHOICES:

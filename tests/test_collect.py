@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import zarr
 from conftest import sigint_as_at_a_terminal
@@ -16,9 +17,9 @@ from conftest import sigint_as_at_a_terminal
 from mt_policy.demo_store import DemoStore
 from mt_policy.errors import MtPolicyError, StoreError
 from mt_policy.seeds import DEMO_SEEDS
-from sim.collect import collect
+from sim.collect import collect, rollout
 from sim.suites import get_suite, resolve_tasks
-from sim.tasks import ObservationConfig
+from sim.tasks import ObservationConfig, get_task
 
 SMALL = ObservationConfig(cameras=("corner2",), image_size=(32, 32))
 CLI = [sys.executable, "-m", "mt_policy.cli"]
@@ -193,10 +194,6 @@ def test_a_killed_worker_is_replaced_and_collection_finishes(tmp_path):
 
 def test_action_noise_perturbs_what_runs_but_stores_the_experts_clean_action(tmp_path):
     import metaworld.policies
-    import numpy as np
-
-    from sim.collect import rollout
-    from sim.tasks import get_task
 
     spec, config = get_task("reach-v3"), ObservationConfig(cameras=(), proprio="full_state")
     env = spec.make_env(config)
@@ -218,11 +215,6 @@ def test_action_noise_perturbs_what_runs_but_stores_the_experts_clean_action(tmp
 
 
 def test_settle_steps_record_the_expert_past_success_and_a_store_keeps_their_number(tmp_path):
-    import numpy as np
-
-    from sim.collect import rollout
-    from sim.tasks import get_task
-
     spec, config = get_task("reach-v3"), ObservationConfig(cameras=(), proprio="full_state")
     env = spec.make_env(config)
     plain, plain_ok = rollout(env, 3, 200)
@@ -246,11 +238,6 @@ def test_settle_steps_record_the_expert_past_success_and_a_store_keeps_their_num
 
 
 def test_the_tool_centre_reach_expert_rests_the_fingertips_on_the_goal_where_the_plain_one_stops_short(tmp_path):
-    import numpy as np
-
-    from sim.collect import rollout
-    from sim.tasks import get_task
-
     spec, config = get_task("reach-v3"), ObservationConfig(cameras=(), proprio="full_state")
     distances = {}
     for aimed in (False, True):
