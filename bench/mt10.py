@@ -8,14 +8,16 @@ privileged state once; a run keeps the cameras it names through `data.cameras`):
 - `best`: our best configuration within the CPU budget (see CONFIGS and bench/RESULTS.md);
 - `two_views`: `corner2` + `topview`, kept because it is what a second camera bought (it lost points).
 
-Seven more on request (`--configs`): `lerobot_privileged` and `two_views_privileged`, the same inputs trained
+Eight more on request (`--configs`): `lerobot_privileged` and `two_views_privileged`, the same inputs trained
 with the privileged-state probe (`train.privileged_weight`; no gain measured, bench/RESULTS.md),
 `lerobot_long`, the LeRobot protocol on twice the samples (no gain measured either), and
 `lerobot_long_sharp`, the same with a learned softmax sharpness in the keypoint layer (`model.keypoint_sharpness`;
 worse, 71.6% against 79.0%), and `lerobot_max`, the LeRobot protocol on as many samples as the 90-minute budget
 allows (4.1 M; 77.0%, no gain), and `lerobot_long_pdrop`, `lerobot_long` with the proprio hidden from 70% of the
 training samples (`model.proprio_dropout`; 76.8%, no gain), and `lerobot_pdrop`, `lerobot` with that dropout, meant
-for demos collected with `--tool-centre` (reach's expert aims the tool centre at the goal, where success is measured).
+for demos collected with `--tool-centre` (reach's expert aims the tool centre at the goal, where success is measured),
+and `wrist`, `lerobot_pdrop`'s inputs plus `behindGripper`, the camera that rides with the hand (stores recorded with
+`--record-cameras corner2,behindGripper`).
 `--settle-steps K` records the expert K steps past success (no gain on reach alone). A work directory's stores keep
 the settings they were collected with.
 
@@ -28,6 +30,8 @@ continues an interrupted training run from its last checkpoint and reuses a fini
     .venv/bin/python bench/mt10.py --configs best --steps 500 --episodes 5   # a quick look
     .venv/bin/python bench/mt10.py --configs lerobot_pdrop --tool-centre --work runs/bench_mt10_tc \
         --out bench/results/mt10_tool_centre.json
+    .venv/bin/python bench/mt10.py --configs wrist --tool-centre --record-cameras corner2,behindGripper \
+        --work runs/bench_mt10_wrist --out bench/results/mt10_wrist.json
 
 Writes `bench/results/mt10.json` (per configuration and task: successes, episodes, Wilson 95% CI)
 and `bench/results/mt10.md` (the tables for bench/RESULTS.md).
@@ -105,6 +109,12 @@ CONFIGS: dict[str, tuple[str, tuple[str, ...], list[str]]] = {
     # episodes against 32 with neither. Meant for stores collected with --tool-centre.
     "lerobot_pdrop": ("LeRobot protocol inputs, proprio hidden from 70% of training samples", ("corner2",),
                       ["model.proprio_dropout=0.7"]),
+    # `corner2` cannot tell how far along its ray the puck, peg or a floating goal is, and the top view, which can,
+    # made push and pick-place worse. `behindGripper` rides with the hand and looks past the fingers: the puck, peg
+    # and goal appear where they are relative to the gripper, the error the policy must close. Meant for stores
+    # collected with --tool-centre --record-cameras corner2,behindGripper.
+    "wrist": ("corner2 + behindGripper (rides with the hand) + agent_pos, proprio hidden from 70% of training samples",
+              ("corner2", "behindGripper"), ["model.proprio_dropout=0.7"]),
 }
 
 DEFAULT_CONFIGS = ("lerobot", "best", "two_views")
@@ -138,7 +148,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # on a 2-core CPU (measured rates: bench/RESULTS.md).
 DEFAULT_STEPS = {"lerobot": 24_000, "best": 30_000, "two_views": 24_000, "two_views_privileged": 24_000,
                  "lerobot_privileged": 24_000, "lerobot_long": 48_000, "lerobot_long_sharp": 48_000,
-                 "lerobot_max": 64_000, "lerobot_long_pdrop": 48_000, "lerobot_pdrop": 24_000}
+                 "lerobot_max": 64_000, "lerobot_long_pdrop": 48_000, "lerobot_pdrop": 24_000,
+                 "wrist": 24_000}
 
 
 def overrides(name: str, args: argparse.Namespace, data: Path) -> list[str]:
