@@ -5,7 +5,8 @@ privileged state once; a run keeps the cameras it names through `data.cameras`):
 
 - `lerobot`: LeRobot's Meta-World protocol: one `corner2` camera (LeRobot's pose, flipped) + 4-D
   `agent_pos`, so the number compares with published LeRobot Meta-World results;
-- `best`: our best configuration within the CPU budget (see CONFIGS and bench/RESULTS.md);
+- `best`: `corner2` + `agent_pos` with twice the samples on the precision tasks, our best when it was named
+  (77.0%); `wrist` below is the best now (95.6%, bench/RESULTS.md);
 - `two_views`: `corner2` + `topview`, kept because it is what a second camera bought (it lost points).
 
 Eight more on request (`--configs`): `lerobot_privileged` and `two_views_privileged`, the same inputs trained
