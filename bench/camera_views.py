@@ -15,11 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-
-from mt_policy.schema import camera_key  # noqa: E402
-from sim.collect import rollout  # noqa: E402
-from sim.tasks import ObservationConfig, get_task  # noqa: E402
+import sim  # noqa: F401  (sets MUJOCO_GL before anything imports mujoco)
+from mt_policy.schema import camera_key
+from sim.collect import rollout
+from sim.tasks import ObservationConfig, get_task
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_TASKS = ("reach-v3", "push-v3", "pick-place-v3", "peg-insert-side-v3")
