@@ -11,8 +11,9 @@ same evaluator, evaluation seeds and episode count, all from one run on one mach
 - Peers read our demo stores directly: `PeerWindows` gathers LeRobotDataset's training windows
   (observation and action delta indices, `action_is_pad`, Diffusion's `drop_n_last_frames`) from
   memory, shuffled over all frames as LeRobot's DataLoader does; no video is written or decoded.
-- Our policy: `training.trainer.Trainer` with bench/mt10.py's `lerobot` configuration (corner2 +
-  agent_pos, 96 px), trained on the same number of samples; `--batch-size 64,16` trains one per batch size
+- Our policy: `training.trainer.Trainer` with one of bench/mt10.py's configurations (`--config`, default
+  `lerobot`: corner2 + agent_pos, 96 px), trained on the same number of samples. The peers read the same
+  cameras as that configuration (`--config wrist`: corner2 and the hand camera, behindGripper); `--batch-size 64,16` trains one per batch size
   (at a small sample budget a smaller batch buys more optimizer steps) and reports every one of them.
 - Latency, batch 1, one thread, on the same random observation: LeRobot's `select_action` through the
   predictor the evaluator runs (preprocessor -> select_action -> postprocessor), with `reset()` before
@@ -24,6 +25,8 @@ same evaluator, evaluation seeds and episode count, all from one run on one mach
     .venv/bin/python bench/peers.py                                  # collects into runs/bench_peers/demos
     .venv/bin/python bench/peers.py --data runs/bench_mt10/demos     # reuse bench/mt10.py's stores
     .venv/bin/python bench/peers.py --samples 640 --demos 3 --episodes 1 --max-steps 20 --work runs/peers_smoke
+    .venv/bin/python bench/peers.py --config wrist --data runs/bench_mt10_wrist/demos --peers act \
+        --work runs/bench_peers_wrist --out bench/results/peers_wrist.json   # both with the hand camera
 
 Phases resume: collection appends; a model already trained with the same settings is reused; a
 finished evaluation of an unchanged model is reused. `--extend-from WORK` trains a peer on from an earlier
@@ -63,7 +66,7 @@ from sim.lerobot_peer import PEER_FORMAT, PEER_FORMAT_VERSION, PEER_MANIFEST, Le
 from training.config import register_configs  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-CAMERA, IMAGE_SIZE = "corner2", 96
+IMAGE_SIZE = 96
 OURS = "ours"
 OUR_BATCH = 64  # bench/mt10.py's; other batch sizes get their own model name and run directory
 
@@ -99,6 +102,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", type=Path, default=Path("runs/bench_peers"))
     p.add_argument("--data", type=Path, help="existing stores to read (default: collect into WORK/demos)")
+    p.add_argument("--config", default="lerobot", choices=list(mt10.CONFIGS),
+                   help="our policy's bench/mt10.py configuration; every model reads its cameras (default: "
+                        "%(default)s)")
     p.add_argument("--demos", type=int, default=50, help="scripted demos per task (the first N of each store)")
     p.add_argument("--episodes", type=int, default=50, help="evaluation episodes per task, every model")
     p.add_argument("--samples", type=int, default=SAMPLES, help="training samples per model (same for all)")
@@ -129,11 +135,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 # ------------------------------------------------------------------------------------------- data
-def load_demos(data: Path, tasks: list[str], episodes: int) -> dict[str, LoadedDemos]:
-    """The first `episodes` demos of each task's store, `corner2` only (stats: the store's, all episodes)."""
+def config_cameras(config: str) -> list[str]:
+    """The cameras bench/mt10.py's `config` reads: every model of a run sees those."""
+    return list(mt10.CONFIGS[config][1])
+
+
+def load_demos(data: Path, tasks: list[str], episodes: int, cameras: list[str]) -> dict[str, LoadedDemos]:
+    """The first `episodes` demos of each task's store, `cameras` only (stats: the store's, all episodes)."""
     demos = {}
     for task in tasks:
-        loaded = DemoStore.open(data / f"{task}.zarr").load(cameras=[CAMERA])
+        loaded = DemoStore.open(data / f"{task}.zarr").load(cameras=cameras)
         if loaded.n_episodes < episodes:
             raise SystemExit(f"{data / task}.zarr holds {loaded.n_episodes} demos, fewer than --demos {episodes}")
         end = int(loaded.episode_ends[episodes - 1])
@@ -456,14 +467,18 @@ def _lerobot_version() -> str:
     return version("lerobot")
 
 
-def _trained(peer: str, out: Path, samples: int, batch_size: int, seed: int) -> dict[str, Any] | None:
-    """The manifest of a finished model at `out` trained with these settings and today's PEER_SETTINGS, else None."""
+def _trained(peer: str, out: Path, demos: dict[str, LoadedDemos], samples: int, batch_size: int,
+             seed: int) -> dict[str, Any] | None:
+    """The manifest of a finished model at `out` trained on these demos (same cameras, same seeds) with these
+    settings and today's PEER_SETTINGS, else None."""
     file = out / PEER_MANIFEST
     if not file.is_file():
         return None
     manifest = json.loads(file.read_text())
     prov = manifest["provenance"]
-    same = (prov["samples"], prov["batch_size"], prov["seed"], prov["overrides"]) == (samples, batch_size, seed, {})
+    observation = json.loads(json.dumps(next(iter(demos.values())).schema.to_dict()["observation"]))
+    same = (prov["samples"], prov["batch_size"], prov["seed"], prov["overrides"]) == (samples, batch_size, seed, {}) \
+        and manifest["observation"] == observation and prov["demo_seeds"] == _demo_seeds(demos)
     return manifest if same and _settings_match(manifest, peer) else None
 
 
@@ -583,11 +598,11 @@ def ours_namespace(args: argparse.Namespace, batch: int) -> argparse.Namespace:
 def run_ours(args: argparse.Namespace, data: Path, batch: int) -> dict[str, Any]:
     ns = ours_namespace(args, batch)
     name, steps, run_dir = ours_name(batch), ns.steps, ns.work
-    last = run_dir / "lerobot" / "checkpoints" / "last"
+    last = run_dir / args.config / "checkpoints" / "last"
     if last.exists() and run_config(read_manifest(last)).get("train", {}).get("steps") != steps:
         raise SystemExit(f"{last} was trained for another number of samples; remove {last.parent.parent} or "
                          f"use another --work")
-    checkpoint, figures = mt10.train("lerobot", ns, data)
+    checkpoint, figures = mt10.train(args.config, ns, data)
     fresh = figures["peak_rss_gib"] is not None  # trained (at least partly) by this invocation
     latency = cached_latency(run_dir, lambda: ours_latency(checkpoint, args.latency_calls, args.latency_warmup),
                              args.latency_calls, args.latency_warmup, fresh)
@@ -599,9 +614,10 @@ def run_ours(args: argparse.Namespace, data: Path, batch: int) -> dict[str, Any]
     model = load_checkpoint(checkpoint)[0]
     changed = (f", with {' '.join(args.ours_set)}" if args.ours_set else "") + \
         (f", temporal ensemble K={ensemble:g}" if ensemble is not None else "")
-    return {"model": name, "description": f"our policy, bench/mt10.py's `lerobot` configuration (corner2 + agent_pos), "
-                                          f"batch {batch}{changed}",
-            "path": str(checkpoint), "overrides": mt10.overrides("lerobot", ns, data), "ours_set": args.ours_set,
+    return {"model": name, "description": f"our policy, bench/mt10.py's `{args.config}` configuration "
+                                          f"({mt10.CONFIGS[args.config][0]}), batch {batch}{changed}",
+            "config": args.config, "cameras": config_cameras(args.config),
+            "path": str(checkpoint), "overrides": mt10.overrides(args.config, ns, data), "ours_set": args.ours_set,
             "parameters": sum(p.numel() for p in model.parameters()), "action_chunk": model.config.action_chunk,
             "n_action_steps": 1 if ensemble is not None else args.n_action_steps, "temporal_ensemble": ensemble,
             "batch_size": batch, "steps": steps,
@@ -629,7 +645,7 @@ def train_or_extend(name: str, peer: str, demos: dict[str, LoadedDemos], policy_
 def run_peer(peer: str, args: argparse.Namespace, demos: dict[str, LoadedDemos]) -> dict[str, Any]:
     run_dir = args.work / peer
     policy_dir = run_dir / "policy"
-    manifest, fresh = _trained(peer, policy_dir, args.samples, args.peer_batch_size, args.seed), False
+    manifest, fresh = _trained(peer, policy_dir, demos, args.samples, args.peer_batch_size, args.seed), False
     if manifest is None:
         manifest, fresh = train_or_extend(peer, peer, demos, policy_dir, args.samples, args), True
     else:
@@ -650,7 +666,7 @@ def run_peer_per_task(peer: str, args: argparse.Namespace, demos: dict[str, Load
     manifests, reports, seconds = [], [], 0.0
     for task in demos:
         run_dir = args.work / f"{peer}_per_task" / task
-        manifest, fresh = _trained(peer, run_dir / "policy", samples, args.peer_batch_size, args.seed), False
+        manifest, fresh = _trained(peer, run_dir / "policy", {task: demos[task]}, samples, args.peer_batch_size, args.seed), False
         if manifest is None:
             manifest, fresh = train_or_extend(f"{peer}/{task}", peer, {task: demos[task]}, run_dir / "policy",
                                               samples, args), True
@@ -786,14 +802,15 @@ def main(argv: list[str] | None = None) -> int:
     register_configs()
     seeds = mt10.check_seeds(data, tasks, args.episodes)
     runs = [run_ours(args, data, batch) for batch in batches]
-    demos = load_demos(data, tasks, args.demos)
+    demos = load_demos(data, tasks, args.demos, config_cameras(args.config))
     suite_rows = {peer: run_peer(peer, args, demos) for peer in peers}
     runs += list(suite_rows.values())
     if args.per_task:
         runs += [run_peer_per_task(peer, args, demos, suite_rows[peer]["latency_ms"]) for peer in peers]
     command = "python bench/peers.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     result = {"command": command.strip(), "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "machine": machine(), "demos_per_task": args.demos, "episodes_per_task": args.episodes,
+              "machine": machine(), "config": args.config, "cameras": config_cameras(args.config),
+              "demos_per_task": args.demos, "episodes_per_task": args.episodes,
               "samples_per_model": args.samples, "max_steps": args.max_steps, "seeds": seeds,
               "latency": {"calls": args.latency_calls, "warmup": args.latency_warmup, "threads": 1,
                           "what": "one network call per timed call, batch 1; LeRobot: reset() then select_action"},
@@ -807,7 +824,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def collect_demos(args: argparse.Namespace) -> Path:
-    """`--data` as given, or MT10 demos (corner2, 96 px) collected into WORK/demos (resumes)."""
+    """`--data` as given, or MT10 demos (the configuration's cameras, 96 px) collected into WORK/demos (resumes)."""
     if args.data is not None:
         return args.data
     from sim.collect import collect
@@ -815,8 +832,9 @@ def collect_demos(args: argparse.Namespace) -> Path:
     from sim.tasks import ObservationConfig
 
     data = args.work / "demos"
-    print(f"collecting {args.demos} demos/task of mt10 ({CAMERA}, {IMAGE_SIZE} px) -> {data}", flush=True)
-    collect(get_suite("mt10"), args.demos, data, ObservationConfig(cameras=(CAMERA,), image_size=(IMAGE_SIZE,) * 2),
+    cameras = tuple(config_cameras(args.config))
+    print(f"collecting {args.demos} demos/task of mt10 ({', '.join(cameras)}, {IMAGE_SIZE} px) -> {data}", flush=True)
+    collect(get_suite("mt10"), args.demos, data, ObservationConfig(cameras=cameras, image_size=(IMAGE_SIZE,) * 2),
             workers=args.workers, progress=False)
     return data
 

@@ -220,3 +220,33 @@ def test_temporal_ensembling_of_ours_is_checked_and_shown_in_the_table(peers, ca
            "latency_ms": {}, "tasks": {}, "batch_size": 64}
     assert "| 1, chunks ensembled (K=0.01) |" in peers.markdown({"command": "x", "runs": [row]})
     assert "| 4 |" in peers.markdown({"command": "x", "runs": [row | {"n_action_steps": 4, "temporal_ensemble": None}]})
+
+
+def test_config_wrist_gives_every_model_both_cameras_and_ours_its_recipe(peers, tmp_path, fresh_worker_caches):
+    from hydra import compose, initialize_config_module
+
+    from training.config import register_configs
+
+    register_configs()
+    args = peers.parse_args(["--config", "wrist", "--samples", "640", "--work", str(tmp_path)])
+    with initialize_config_module(config_module="training.conf", version_base="1.3"):
+        cfg = compose("train", overrides=peers.mt10.overrides(args.config, peers.ours_namespace(args, 64), tmp_path))
+    assert cfg.data.cameras == ["corner2", "behindGripper"] and cfg.model.proprio_dropout == 0.7
+
+    # The peers read the same two cameras from a store that records three.
+    task = get_task(TASK)
+    schema = task.schema(ObservationConfig(cameras=("corner2", "topview", "behindGripper"), image_size=(32, 32)))
+    store = DemoStore.create(tmp_path / "demos" / f"{TASK}.zarr", schema, task.info())
+    rng = np.random.default_rng(0)
+    for seed, length in EPISODES:
+        store.append_episode(make_episode(schema, length, rng), seed=seed, success=True, expert="fake")
+    store.close()
+    demos = peers.load_demos(tmp_path / "demos", [TASK], 2, peers.config_cameras(args.config))
+    assert sorted(demos[TASK].arrays) == ["action", "obs/behindGripper", "obs/corner2", "obs/proprio"]
+    manifest = peers.train_peer("act", demos, tmp_path / "policy", samples=8, batch_size=4, overrides=TINY["act"],
+                                threads=1, log=lambda _: None)
+    assert [c["name"] for c in manifest["observation"]["cameras"]] == ["corner2", "behindGripper"]
+    predict, _, _ = _predictor(PolicySource(str(tmp_path / "policy"), "lerobot"), TASK)
+    observation = peers.example_observation(_policy_info(PolicySource(str(tmp_path / "policy"), "lerobot")).observation)
+    assert sorted(observation) == ["obs/behindGripper", "obs/corner2", "obs/proprio"]
+    assert np.isfinite(predict(observation)).all()
