@@ -392,6 +392,11 @@ def _demo_seeds(demos: dict[str, LoadedDemos]) -> dict[str, list[int]]:
     return {t: d.episodes["seed"].tolist() for t, d in demos.items()}
 
 
+def _observation(demos: dict[str, LoadedDemos]) -> dict[str, Any]:
+    """The observation schema `demos` give a peer, as its manifest records it (cameras, sizes, proprio)."""
+    return json.loads(json.dumps(next(iter(demos.values())).schema.to_dict()["observation"]))
+
+
 def _earlier_rows(policy_dir: Path) -> list[dict[str, Any]]:
     with (policy_dir / "train_log.csv").open(newline="") as f:
         return [{k: float(v) if k != "step" else int(v) for k, v in row.items()} for row in csv.DictReader(f)]
@@ -418,6 +423,7 @@ def extendable(peer: str, policy_dir: Path, demos: dict[str, LoadedDemos], sampl
         (prov["samples"] >= samples, f"it was trained on {prov['samples']:,} samples, not fewer than {samples:,}"),
         (prov["scheduler"] is not None, "its learning rate follows a schedule fixed by its own length"),
         (prov["demo_seeds"] != _demo_seeds(demos), "it was trained on other demos"),
+        (manifest["observation"] != _observation(demos), "it read other cameras or image sizes"),
     ] if bad]
     if problems:
         raise SystemExit(f"--extend-from: {policy_dir} cannot be trained on: " + "; ".join(problems))
@@ -476,9 +482,8 @@ def _trained(peer: str, out: Path, demos: dict[str, LoadedDemos], samples: int, 
         return None
     manifest = json.loads(file.read_text())
     prov = manifest["provenance"]
-    observation = json.loads(json.dumps(next(iter(demos.values())).schema.to_dict()["observation"]))
     same = (prov["samples"], prov["batch_size"], prov["seed"], prov["overrides"]) == (samples, batch_size, seed, {}) \
-        and manifest["observation"] == observation and prov["demo_seeds"] == _demo_seeds(demos)
+        and manifest["observation"] == _observation(demos) and prov["demo_seeds"] == _demo_seeds(demos)
     return manifest if same and _settings_match(manifest, peer) else None
 
 

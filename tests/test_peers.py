@@ -3,6 +3,7 @@ LeRobot's API, and the evaluator's "lerobot" policy kind (load, predict, reset a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -13,6 +14,7 @@ import sim.evaluate as evaluate_mod
 from mt_policy.cli import main
 from mt_policy.demo_store import DemoStore
 from mt_policy.lerobot_io import KeyMap
+from mt_policy.schema import CameraSpec
 from mt_policy.seeds import EVAL_SEEDS
 from sim.evaluate import EpisodeJob, PolicySource, _policy_info, _predictor, _worker_episode
 from sim.lerobot_peer import LeRobotPeer
@@ -133,6 +135,12 @@ def test_a_peer_trained_on_from_fewer_samples_equals_one_trained_from_scratch(pe
         peers.extendable("act", tmp_path / "half", demos, 16, 4, 1, TINY["act"])
     with pytest.raises(SystemExit, match="no trained act model"):
         peers.extendable("act", tmp_path / "missing", demos, 16, 4, 0, TINY["act"])
+    loaded = demos[TASK]
+    other_camera = dataclasses.replace(loaded.schema, observation=dataclasses.replace(
+        loaded.schema.observation, cameras=(CameraSpec("topview", 32, 32),)))
+    with pytest.raises(SystemExit, match="it read other cameras"):
+        peers.extendable("act", tmp_path / "half", {TASK: dataclasses.replace(loaded, schema=other_camera)}, 16, 4, 0,
+                         TINY["act"])
     peers.train_peer("diffusion", demos, tmp_path / "diffusion", samples=8, batch_size=4,
                      overrides=TINY["diffusion"], threads=1, log=lambda _: None)
     with pytest.raises(SystemExit, match="schedule fixed by its own length"):
