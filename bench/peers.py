@@ -27,6 +27,7 @@ same evaluator, evaluation seeds and episode count, all from one run on one mach
     .venv/bin/python bench/peers.py --samples 640 --demos 3 --episodes 1 --max-steps 20 --work runs/peers_smoke
     .venv/bin/python bench/peers.py --config wrist --data runs/bench_mt10_wrist/demos --peers act \
         --work runs/bench_peers_wrist --out bench/results/peers_wrist.json   # both with the hand camera
+    .venv/bin/python bench/peers.py --config wrist --tool-centre --peers act   # the same, collecting its own stores
 
 Phases resume: collection appends; a model already trained with the same settings is reused; a
 finished evaluation of an unchanged model is reused. `--extend-from WORK` trains a peer on from an earlier
@@ -106,6 +107,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="our policy's bench/mt10.py configuration; every model reads its cameras (default: "
                         "%(default)s)")
     p.add_argument("--demos", type=int, default=50, help="scripted demos per task (the first N of each store)")
+    p.add_argument("--tool-centre", action="store_true",
+                   help="collect reach's demos with its expert aimed at the tool centre (`mt-policy collect "
+                        "--tool-centre`; what `lerobot_pdrop` and `wrist` were tuned on); with --data, the stores "
+                        "must have been collected so")
     p.add_argument("--episodes", type=int, default=50, help="evaluation episodes per task, every model")
     p.add_argument("--samples", type=int, default=SAMPLES, help="training samples per model (same for all)")
     p.add_argument("--peers", default=",".join(PEER_SETTINGS), help=f"comma-separated, from {list(PEER_SETTINGS)}")
@@ -711,10 +716,14 @@ def _actions_per_call(row: dict[str, Any]) -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     runs = result["runs"]
-    lines = [f"Command: `{result['command']}`", "",
-             "| model | mean success | 95% CI (pooled) | parameters | train samples | samples/s | actions per "
-             "network call | LeRobot select_action p50 / p99 ms | our PyTorch p50 / p99 ms | our ONNX p50 / p99 ms |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"Command: `{result['command']}`", ""]
+    if "tool_centre" in result:  # recorded since --tool-centre; older results leave it out
+        demos = ("reach's expert aimed at the tool centre (`--tool-centre`)" if result["tool_centre"]
+                 else "Meta-World's scripted experts")
+        lines += [f"Every model reads {' + '.join(result['cameras'])} + proprio; demos: {demos}.", ""]
+    lines += ["| model | mean success | 95% CI (pooled) | parameters | train samples | samples/s | actions per "
+              "network call | LeRobot select_action p50 / p99 ms | our PyTorch p50 / p99 ms | our ONNX p50 / p99 ms |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in runs:
         lo, hi = r["pooled_ci95"]
         lines.append(f"| {r['model']} | {r['mean_success']:.1%} | {lo:.1%}–{hi:.1%} | {r['parameters']:,} | "
@@ -815,6 +824,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python bench/peers.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     result = {"command": command.strip(), "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "machine": machine(), "config": args.config, "cameras": config_cameras(args.config),
+              "tool_centre": stores_aim_tool_centre(data),
               "demos_per_task": args.demos, "episodes_per_task": args.episodes,
               "samples_per_model": args.samples, "max_steps": args.max_steps, "seeds": seeds,
               "latency": {"calls": args.latency_calls, "warmup": args.latency_warmup, "threads": 1,
@@ -831,6 +841,9 @@ def main(argv: list[str] | None = None) -> int:
 def collect_demos(args: argparse.Namespace) -> Path:
     """`--data` as given, or MT10 demos (the configuration's cameras, 96 px) collected into WORK/demos (resumes)."""
     if args.data is not None:
+        if args.tool_centre and not stores_aim_tool_centre(args.data):
+            raise SystemExit(f"--tool-centre: {args.data}'s reach store was not collected with --tool-centre; "
+                             "collect with it (`mt-policy collect --tool-centre`) or drop the option")
         return args.data
     from sim.collect import collect
     from sim.suites import get_suite
@@ -838,10 +851,20 @@ def collect_demos(args: argparse.Namespace) -> Path:
 
     data = args.work / "demos"
     cameras = tuple(config_cameras(args.config))
-    print(f"collecting {args.demos} demos/task of mt10 ({', '.join(cameras)}, {IMAGE_SIZE} px) -> {data}", flush=True)
+    print(f"collecting {args.demos} demos/task of mt10 ({', '.join(cameras)}, {IMAGE_SIZE} px"
+          + (", reach aimed at the tool centre" if args.tool_centre else "") + f") -> {data}", flush=True)
     collect(get_suite("mt10"), args.demos, data, ObservationConfig(cameras=cameras, image_size=(IMAGE_SIZE,) * 2),
-            workers=args.workers, progress=False)
+            workers=args.workers, tool_centre=args.tool_centre, progress=False)
     return data
+
+
+def stores_aim_tool_centre(data: Path) -> bool:
+    """Whether the MT10 stores in `data` were collected with --tool-centre (read from the stores of the tasks
+    whose expert it changes: reach's)."""
+    from sim.suites import get_suite
+
+    aimed = [t.name for t in get_suite("mt10") if t.tool_centre_expert is not None]
+    return all(DemoStore.open(data / f"{task}.zarr").created_with.get("tool_centre", False) for task in aimed)
 
 
 if __name__ == "__main__":

@@ -258,3 +258,27 @@ def test_config_wrist_gives_every_model_both_cameras_and_ours_its_recipe(peers, 
     observation = peers.example_observation(_policy_info(PolicySource(str(tmp_path / "policy"), "lerobot")).observation)
     assert sorted(observation) == ["obs/behindGripper", "obs/corner2", "obs/proprio"]
     assert np.isfinite(predict(observation)).all()
+
+
+def test_tool_centre_stores_are_recognised_recorded_and_required_when_asked_for(peers, tmp_path):
+    task = get_task(TASK)
+    schema = task.schema(SMALL)
+    for name, created_with in [("aimed", {"tool_centre": True}), ("plain", {})]:
+        store = DemoStore.create(tmp_path / name / f"{TASK}.zarr", schema, task.info(), created_with=created_with)
+        store.append_episode(make_episode(schema, 5, np.random.default_rng(0)), seed=3, success=True, expert="fake")
+        store.close()
+    assert peers.stores_aim_tool_centre(tmp_path / "aimed") and not peers.stores_aim_tool_centre(tmp_path / "plain")
+
+    assert peers.collect_demos(peers.parse_args(["--data", str(tmp_path / "aimed"), "--tool-centre"])) == \
+        tmp_path / "aimed"
+    assert peers.collect_demos(peers.parse_args(["--data", str(tmp_path / "plain")])) == tmp_path / "plain"
+    with pytest.raises(SystemExit, match=rf"{tmp_path / 'plain'}'s reach store was not collected with --tool-centre"):
+        peers.collect_demos(peers.parse_args(["--data", str(tmp_path / "plain"), "--tool-centre"]))
+
+    row = {"model": "ours", "ours_set": [], "pooled_ci95": (0.4, 0.6), "mean_success": 0.5, "parameters": 1,
+           "train_samples": 640, "train_samples_per_s": 1.0, "n_action_steps": 4, "temporal_ensemble": None,
+           "latency_ms": {}, "tasks": {}, "batch_size": 64}
+    result = {"command": "x", "runs": [row], "cameras": ["corner2"], "tool_centre": True}
+    assert "Every model reads corner2 + proprio; demos: reach's expert aimed at the tool centre" in \
+        peers.markdown(result)
+    assert "demos: Meta-World's scripted experts." in peers.markdown(result | {"tool_centre": False})
