@@ -607,8 +607,10 @@ def ours_namespace(args: argparse.Namespace, batch: int) -> argparse.Namespace:
 
 def run_ours(args: argparse.Namespace, data: Path, batch: int) -> dict[str, Any]:
     ns = ours_namespace(args, batch)
-    name, steps, run_dir = ours_name(batch), ns.steps, ns.work
-    last = run_dir / args.config / "checkpoints" / "last"
+    # One directory per configuration (mt10.train's layout) holds its model, latency and evaluations, so that a
+    # second --config in the same --work neither overwrites the first's figures nor is taken for them.
+    name, steps, run_dir = ours_name(batch), ns.steps, ns.work / args.config
+    last = run_dir / "checkpoints" / "last"
     if last.exists() and run_config(read_manifest(last)).get("train", {}).get("steps") != steps:
         raise SystemExit(f"{last} was trained for another number of samples; remove {last.parent.parent} or "
                          f"use another --work")
