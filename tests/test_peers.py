@@ -32,6 +32,9 @@ TINY = {  # LeRobot's architectures, shrunk so a training step takes millisecond
                   "n_groups": 4, "spatial_softmax_num_keypoints": 8, "num_inference_steps": 2},
 }
 
+OUR_ROW = {"model": "ours", "ours_set": [], "pooled_ci95": (0.4, 0.6), "mean_success": 0.5, "parameters": 1,
+           "train_samples": 640, "train_samples_per_s": 1.0, "n_action_steps": 4, "temporal_ensemble": None,
+           "latency_ms": {}, "tasks": {}, "batch_size": 64}  # a result row of ours, for the report's table
 
 def _queue(peer: LeRobotPeer):
     policy = peer.policy
@@ -187,9 +190,7 @@ def test_ours_set_reaches_our_training_config_and_the_report(peers, tmp_path):
     assert (cfg.model.random_shift, cfg.optim.lr, cfg.train.steps, cfg.train.batch_size) == (0, 0.003, 10, 64)
     assert cfg.data.cameras == ["corner2"] and cfg.data.max_episodes == args.demos  # still mt10's `lerobot` run
 
-    row = {"model": "ours", "ours_set": args.ours_set, "pooled_ci95": (0.1, 0.3), "mean_success": 0.2,
-           "parameters": 1, "train_samples": 640, "train_samples_per_s": 1.0, "n_action_steps": 4,
-           "latency_ms": {"onnxruntime_cpu": {"p50_ms": 0.3, "p99_ms": 0.5}}, "tasks": {}, "batch_size": 64}
+    row = OUR_ROW | {"ours_set": args.ours_set, "latency_ms": {"onnxruntime_cpu": {"p50_ms": 0.3, "p99_ms": 0.5}}}
     md = peers.markdown({"command": "python bench/peers.py", "runs": [row]})
     assert "- ours: `model.random_shift=0` `optim.lr=0.003`" in md
     assert "--ours-set" not in peers.markdown({"command": "x", "runs": [row | {"ours_set": []}]})
@@ -223,9 +224,7 @@ def test_each_episode_count_and_way_of_running_keeps_its_own_evaluation(peers, t
 def test_temporal_ensembling_of_ours_is_checked_and_shown_in_the_table(peers, capsys):
     assert peers.main(["--temporal-ensemble", "-1"]) == 2  # refused before any collection or training
     assert "--temporal-ensemble -1: expected K >= 0" in capsys.readouterr().err
-    row = {"model": "ours", "ours_set": [], "pooled_ci95": (0.4, 0.6), "mean_success": 0.5, "parameters": 1,
-           "train_samples": 640, "train_samples_per_s": 1.0, "n_action_steps": 1, "temporal_ensemble": 0.01,
-           "latency_ms": {}, "tasks": {}, "batch_size": 64}
+    row = OUR_ROW | {"n_action_steps": 1, "temporal_ensemble": 0.01}
     assert "| 1, chunks ensembled (K=0.01) |" in peers.markdown({"command": "x", "runs": [row]})
     assert "| 4 |" in peers.markdown({"command": "x", "runs": [row | {"n_action_steps": 4, "temporal_ensemble": None}]})
 
@@ -275,10 +274,7 @@ def test_tool_centre_stores_are_recognised_recorded_and_required_when_asked_for(
     with pytest.raises(SystemExit, match=rf"{tmp_path / 'plain'}'s reach store was not collected with --tool-centre"):
         peers.collect_demos(peers.parse_args(["--data", str(tmp_path / "plain"), "--tool-centre"]))
 
-    row = {"model": "ours", "ours_set": [], "pooled_ci95": (0.4, 0.6), "mean_success": 0.5, "parameters": 1,
-           "train_samples": 640, "train_samples_per_s": 1.0, "n_action_steps": 4, "temporal_ensemble": None,
-           "latency_ms": {}, "tasks": {}, "batch_size": 64}
-    result = {"command": "x", "runs": [row], "cameras": ["corner2"], "tool_centre": True}
+    result = {"command": "x", "runs": [OUR_ROW], "cameras": ["corner2"], "tool_centre": True}
     assert "Every model reads corner2 + proprio; demos: reach's expert aimed at the tool centre" in \
         peers.markdown(result)
     assert "demos: Meta-World's scripted experts." in peers.markdown(result | {"tool_centre": False})
