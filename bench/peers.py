@@ -385,7 +385,7 @@ def train_peer(peer: str, demos: dict[str, LoadedDemos], out: Path, samples: int
             "samples_per_s": samples // batch_size * batch_size / total_seconds, "segments": segments, **presets,
             "sampling": "shuffled over every anchor frame of its tasks' demos (LeRobot's DataLoader)",
             "normalization": "LeRobot's processors; the stores' stats merged over the tasks",
-            "demo_seeds": _demo_seeds(demos),
+            "demo_seeds": _demo_seeds(demos), "demo_tool_centre": _demo_tool_centre(demos),
             "final_loss": rows[-1]["loss"],
         },
     }
@@ -395,6 +395,19 @@ def train_peer(peer: str, demos: dict[str, LoadedDemos], out: Path, samples: int
 
 def _demo_seeds(demos: dict[str, LoadedDemos]) -> dict[str, list[int]]:
     return {t: d.episodes["seed"].tolist() for t, d in demos.items()}
+
+
+def _demo_tool_centre(demos: dict[str, LoadedDemos]) -> dict[str, bool]:
+    """Per task, whether its demos were collected with `--tool-centre`: the same seeds give other demos with it
+    (reach's expert aims elsewhere), so a cached model must match on this too."""
+    return {t: bool(d.created_with.get("tool_centre", False)) for t, d in demos.items()}
+
+
+def _same_demos(provenance: dict[str, Any], demos: dict[str, LoadedDemos]) -> bool:
+    """Whether a saved model was trained on these demos: the same seeds, collected by the same experts (a model
+    saved before the experts were recorded never matches)."""
+    return (provenance["demo_seeds"] == _demo_seeds(demos)
+            and provenance.get("demo_tool_centre") == _demo_tool_centre(demos))
 
 
 def _observation(demos: dict[str, LoadedDemos]) -> dict[str, Any]:
@@ -427,7 +440,7 @@ def extendable(peer: str, policy_dir: Path, demos: dict[str, LoadedDemos], sampl
          f"{batch_size}, seed {seed}, overrides {wanted_overrides})"),
         (prov["samples"] >= samples, f"it was trained on {prov['samples']:,} samples, not fewer than {samples:,}"),
         (prov["scheduler"] is not None, "its learning rate follows a schedule fixed by its own length"),
-        (prov["demo_seeds"] != _demo_seeds(demos), "it was trained on other demos"),
+        (not _same_demos(prov, demos), "it was trained on other demos (other seeds or experts)"),
         (manifest["observation"] != _observation(demos), "it read other cameras or image sizes"),
     ] if bad]
     if problems:
@@ -480,7 +493,7 @@ def _lerobot_version() -> str:
 
 def _trained(peer: str, out: Path, demos: dict[str, LoadedDemos], samples: int, batch_size: int,
              seed: int) -> dict[str, Any] | None:
-    """The manifest of a finished model at `out` trained on these demos (same cameras, same seeds) with these
+    """The manifest of a finished model at `out` trained on these demos (same cameras, seeds and experts) with these
     settings and today's PEER_SETTINGS, else None."""
     file = out / PEER_MANIFEST
     if not file.is_file():
@@ -488,7 +501,7 @@ def _trained(peer: str, out: Path, demos: dict[str, LoadedDemos], samples: int, 
     manifest = json.loads(file.read_text())
     prov = manifest["provenance"]
     same = (prov["samples"], prov["batch_size"], prov["seed"], prov["overrides"]) == (samples, batch_size, seed, {}) \
-        and manifest["observation"] == _observation(demos) and prov["demo_seeds"] == _demo_seeds(demos)
+        and manifest["observation"] == _observation(demos) and _same_demos(prov, demos)
     return manifest if same and _settings_match(manifest, peer) else None
 
 

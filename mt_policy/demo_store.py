@@ -21,7 +21,7 @@ import math
 import os
 import shutil
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,8 @@ class LoadedDemos:
     episode_ends: np.ndarray
     episodes: dict[str, np.ndarray]
     stats: dict[str, RunningStats]
+    created_with: dict[str, Any] = field(default_factory=dict)
+    """How the store was made (collector settings, e.g. `tool_centre`), as `DemoStore.created_with`."""
 
     @property
     def n_frames(self) -> int:
@@ -360,7 +362,8 @@ class DemoStore:
                              f"{limit / 2**30:.1f} GiB allowed in memory; sample from disk instead")
         arrays = {k: self._read(f"data/{k}", 0, self.n_frames) for k in schema.frame_specs()}
         stats = {k: v for k, v in self.stats.items() if k in arrays}
-        return LoadedDemos(schema, self.task, arrays, self.episode_ends, self.episode_table(), stats)
+        return LoadedDemos(schema, self.task, arrays, self.episode_ends, self.episode_table(), stats,
+                           dict(self.created_with))
 
     # ------------------------------------------------------------------ writing
     def _require_writable(self) -> None:

@@ -144,6 +144,10 @@ def test_a_peer_trained_on_from_fewer_samples_equals_one_trained_from_scratch(pe
     with pytest.raises(SystemExit, match="it read other cameras"):
         peers.extendable("act", tmp_path / "half", {TASK: dataclasses.replace(loaded, schema=other_camera)}, 16, 4, 0,
                          TINY["act"])
+    # The same seeds from another expert (reach aimed at the tool centre) are other demos.
+    aimed = {TASK: dataclasses.replace(loaded, created_with={"tool_centre": True})}
+    with pytest.raises(SystemExit, match=r"other demos \(other seeds or experts\)"):
+        peers.extendable("act", tmp_path / "half", aimed, 16, 4, 0, TINY["act"])
     peers.train_peer("diffusion", demos, tmp_path / "diffusion", samples=8, batch_size=4,
                      overrides=TINY["diffusion"], threads=1, log=lambda _: None)
     with pytest.raises(SystemExit, match="schedule fixed by its own length"):
@@ -267,6 +271,7 @@ def test_tool_centre_stores_are_recognised_recorded_and_required_when_asked_for(
         store.append_episode(make_episode(schema, 5, np.random.default_rng(0)), seed=3, success=True, expert="fake")
         store.close()
     assert peers.stores_aim_tool_centre(tmp_path / "aimed") and not peers.stores_aim_tool_centre(tmp_path / "plain")
+    assert DemoStore.open(tmp_path / "aimed" / f"{TASK}.zarr").load().created_with == {"tool_centre": True}
 
     assert peers.collect_demos(peers.parse_args(["--data", str(tmp_path / "aimed"), "--tool-centre"])) == \
         tmp_path / "aimed"
