@@ -36,6 +36,7 @@ OUR_ROW = {"model": "ours", "ours_set": [], "pooled_ci95": (0.4, 0.6), "mean_suc
            "train_samples": 640, "train_samples_per_s": 1.0, "n_action_steps": 4, "temporal_ensemble": None,
            "latency_ms": {}, "tasks": {}, "batch_size": 64}  # a result row of ours, for the report's table
 
+
 def _queue(peer: LeRobotPeer):
     policy = peer.policy
     return policy._action_queue if peer.manifest["policy_type"] == "act" else policy._queues["action"]
