@@ -9,7 +9,8 @@ seeds; each run is then evaluated in sim on the same evaluation seeds. Prints a 
     .venv/bin/python bench/balancers.py --timing-only        # interleaved step times, all balancers
     .venv/bin/python bench/balancers.py --set model.head_hidden=16 --work runs/bench_balancers_narrow  # a regime
 
-A run whose directory holds its result with the same settings is reused, so an interrupted sweep resumes.
+A run whose directory holds its result with the same training settings is reused, so an interrupted sweep resumes;
+asked for another number of episodes, it is evaluated again from its checkpoint, not retrained.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from sim.evaluate import evaluate  # noqa: E402
 from sim.suites import get_suite  # noqa: E402
 from sim.tasks import ObservationConfig  # noqa: E402
 from training.config import register_configs  # noqa: E402
-from training.trainer import Trainer  # noqa: E402
+from training.trainer import LAST, Trainer  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RUN_RESULT = "bench_result.json"  # in each run's directory: lets an interrupted sweep resume
@@ -81,39 +82,55 @@ def run_one(variant: str, seed: int, args: argparse.Namespace, data: Path) -> di
         f"train.checkpoint_every={args.steps}"])
     run_dir = args.work / f"{variant}_seed{seed}"
     done = run_dir / RUN_RESULT
-    if done.is_file():  # a finished run of an interrupted sweep, with the same settings: reused
-        cached = json.loads(done.read_text())
-        if cached.get("overrides") == overrides:
+    cached = json.loads(done.read_text()) if done.is_file() else {}
+    if cached.get("overrides") == overrides:  # trained with the same settings (a resumed or re-evaluated sweep)
+        if _episodes_evaluated(run_dir) == args.episodes:
             print("  (reused)", flush=True)
             return cached["result"]
+        print(f"  (trained run reused, evaluated again on {args.episodes} episodes/task)", flush=True)
+        training = {k: cached["result"][k] for k in TRAINING_FIELDS}
+    else:
+        training = train_run(overrides, run_dir, args.steps)
+    report = evaluate(run_dir / "checkpoints" / LAST, run_dir / "eval", episodes=args.episodes, workers=2,
+                      videos=0, n_action_steps=4, progress=False)
+    result = {"variant": variant, "seed": seed, **training,
+              "success": {t: r["success_rate"] for t, r in report["tasks"].items()},
+              "mean_success": report["mean_success"]}
+    write_json({"overrides": overrides, "result": result}, done)
+    return result
+
+
+TRAINING_FIELDS = ("train_seconds", "step_ms", "final_loss", "conflict_fraction", "conflict_cos_min",
+                   "update_cos_min")
+
+
+def train_run(overrides: list[str], run_dir: Path, steps: int) -> dict[str, Any]:
+    """Train one run from scratch into `run_dir`; return its `TRAINING_FIELDS`."""
     with initialize_config_module(config_module="training.conf", version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     if run_dir.exists():  # a run cut short, or one with other settings: start it again
         shutil.rmtree(run_dir)
     trainer = Trainer(cfg, run_dir)
     start = time.perf_counter()
-    checkpoint = trainer.fit()
+    trainer.fit()
     train_seconds = time.perf_counter() - start
-    report = evaluate(checkpoint, run_dir / "eval", episodes=args.episodes, workers=2, videos=0, n_action_steps=4,
-                      progress=False)
     with (run_dir / "train_log.csv").open() as f:
         rows = list(csv.DictReader(f))
 
     def column(name: str) -> list[float]:
         return [float(r[name]) for r in rows if r.get(name) not in (None, "", "nan")]
 
-    result = {
-        "variant": variant, "seed": seed, "train_seconds": train_seconds,
-        "step_ms": 1000 * train_seconds / args.steps,
-        "success": {t: r["success_rate"] for t, r in report["tasks"].items()},
-        "mean_success": report["mean_success"],
-        "final_loss": column("loss")[-1],
-        "conflict_fraction": _mean(column("conflict/fraction")),
-        "conflict_cos_min": _mean(column("conflict/cos_min")),
-        "update_cos_min": _mean(column("conflict/update_cos_min")),
-    }
-    write_json({"overrides": overrides, "result": result}, done)
-    return result
+    return {"train_seconds": train_seconds, "step_ms": 1000 * train_seconds / steps,
+            "final_loss": column("loss")[-1],
+            "conflict_fraction": _mean(column("conflict/fraction")),
+            "conflict_cos_min": _mean(column("conflict/cos_min")),
+            "update_cos_min": _mean(column("conflict/update_cos_min"))}
+
+
+def _episodes_evaluated(run_dir: Path) -> int | None:
+    """Episodes per task of the run's last finished evaluation, None if it has none."""
+    report = run_dir / "eval" / "eval.json"
+    return json.loads(report.read_text())["episodes_per_task"] if report.is_file() else None
 
 
 def time_steps(variants: list[str], args: argparse.Namespace, data: Path, steps: int = 60,
