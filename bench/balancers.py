@@ -164,13 +164,16 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for r in runs:
         by_variant.setdefault(r["variant"], []).append(r)
     equal_ms = statistics.median(r["step_ms"] for r in by_variant.get("equal", runs))
+    equal_by_seed = {r["seed"]: r["mean_success"] for r in by_variant.get("equal", [])}
     table = {}
     for variant, rs in by_variant.items():
         means = [r["mean_success"] for r in rs]
         tasks = rs[0]["success"].keys()
         table[variant] = {
             "mean_success": float(np.mean(means)), "seed_spread": float(max(means) - min(means)),
+            "seed_sd": statistics.stdev(means) if len(means) > 1 else None,
             "per_seed": means,
+            **paired_gain(rs, equal_by_seed),
             "per_task": {t: float(np.mean([r["success"][t] for r in rs])) for t in tasks},
             "step_ms": statistics.median(r["step_ms"] for r in rs),
             "step_time_vs_equal": statistics.median(r["step_ms"] for r in rs) / equal_ms,
@@ -181,17 +184,35 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return table
 
 
+def paired_gain(runs: list[dict[str, Any]], equal_by_seed: dict[int, float]) -> dict[str, Any]:
+    """Mean success minus `equal`'s on the same training seeds: the mean difference, its standard error and
+    how many seeds are not below. Pairing by seed removes what the seed does to both (most of the spread)."""
+    gains = [r["mean_success"] - equal_by_seed[r["seed"]] for r in runs if r["seed"] in equal_by_seed]
+    if not gains:
+        return {"gain_over_equal": None, "gain_se": None, "seeds_not_below_equal": None, "paired_seeds": 0}
+    se = statistics.stdev(gains) / len(gains) ** 0.5 if len(gains) > 1 else None
+    return {"gain_over_equal": float(np.mean(gains)), "gain_se": se,
+            "seeds_not_below_equal": sum(g >= 0 for g in gains), "paired_seeds": len(gains)}
+
+
 def markdown(table: dict[str, Any], args: argparse.Namespace) -> str:
     tasks = list(next(iter(table.values()))["per_task"])
     short = [t.removesuffix("-v3") for t in tasks]
     regime = f", overrides {' '.join(args.set)}" if args.set else ""
     lines = [f"{args.suite} from full state, {args.demos} demos/task, {args.steps} steps of {args.batch_size}, "
              f"seeds {args.seeds}, {args.episodes} eval episodes/task/seed (n_action_steps 4){regime}", "",
-             "| balancer | mean success | seed spread | step time vs equal | conflicting pairs | min task cos | "
-             "min update cos |", "|---|---:|---:|---:|---:|---:|---:|"]
+             "| balancer | mean success | seed spread (range) | seed sd | paired gain over equal ± s.e. | "
+             "seeds not below equal | step time vs equal | conflicting pairs | min task cos | min update cos |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     fmt = lambda v, s: "-" if v is None else format(v, s)  # noqa: E731
+    points = lambda v, sign="": "-" if v is None else format(100 * v, sign + ".1f")  # noqa: E731
     for name, row in sorted(table.items(), key=lambda kv: -kv[1]["mean_success"]):
-        lines.append(f"| {name} | {row['mean_success']:.1%} | {row['seed_spread']:.1%} | "
+        gain, paired = "-", "-"
+        if name != "equal" and row["paired_seeds"]:
+            gain = f"{points(row['gain_over_equal'], '+')} ± {points(row['gain_se'])}"
+            paired = f"{row['seeds_not_below_equal']} of {row['paired_seeds']}"
+        lines.append(f"| {name} | {row['mean_success']:.1%} | {points(row['seed_spread'])} | "
+                     f"{points(row['seed_sd'])} | {gain} | {paired} | "
                      f"{row['step_time_vs_equal']:.2f}x | {fmt(row['conflict_fraction'], '.0%')} | "
                      f"{fmt(row['conflict_cos_min'], '.2f')} | {fmt(row['update_cos_min'], '.2f')} |")
     lines += ["", "| balancer | " + " | ".join(short) + " |", "|---|" + "---:|" * len(short)]

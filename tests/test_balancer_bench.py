@@ -1,9 +1,10 @@
-"""bench/balancers.py: a finished run is reused, and asked for other episodes it is re-evaluated, not retrained."""
+"""bench/balancers.py: finished runs reused or re-evaluated, not retrained; each balancer paired with `equal` by seed."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from conftest import load_bench
 
@@ -41,3 +42,23 @@ def test_a_finished_run_is_evaluated_again_from_its_checkpoint_when_the_episodes
 
     sweep(episodes=2, steps=5)  # other training settings: trained again
     assert checkpoint.stat().st_mtime_ns != trained_at
+
+
+def _run(variant: str, seed: int, mean: float) -> dict:
+    return {"variant": variant, "seed": seed, "mean_success": mean, "success": {"reach-v3": mean}, "step_ms": 1.0,
+            "conflict_fraction": None, "conflict_cos_min": None, "update_cos_min": None}
+
+
+def test_the_table_pairs_each_balancer_with_equal_seed_by_seed(bench):
+    runs = [_run("equal", 0, 0.70), _run("equal", 1, 0.80), _run("equal", 2, 0.60),
+            _run("rgb", 2, 0.66), _run("rgb", 0, 0.72), _run("rgb", 1, 0.79)]  # other order: paired by seed
+    table = bench.summarise(runs)
+    rgb, equal = table["rgb"], table["equal"]
+    assert rgb["gain_over_equal"] == pytest.approx((0.06 + 0.02 - 0.01) / 3)
+    assert rgb["gain_se"] == pytest.approx(float(np.std([0.06, 0.02, -0.01], ddof=1)) / 3 ** 0.5)
+    assert (rgb["seeds_not_below_equal"], rgb["paired_seeds"]) == (2, 3)
+    assert equal["seed_spread"] == pytest.approx(0.20) and equal["seed_sd"] == pytest.approx(0.10)
+    assert equal["gain_over_equal"] == 0.0
+
+    lone = bench.summarise([_run("rgb", 0, 0.5)])["rgb"]  # no equal in the sweep, one seed: nothing to pair
+    assert lone["gain_over_equal"] is None and lone["seed_sd"] is None and lone["paired_seeds"] == 0
