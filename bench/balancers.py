@@ -42,6 +42,9 @@ from training.trainer import LAST, Trainer  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RUN_RESULT = "bench_result.json"  # in each run's directory: lets an interrupted sweep resume
+# what a run's result takes from its training, kept when the run is only evaluated again
+TRAINING_FIELDS = ("train_seconds", "step_ms", "final_loss", "conflict_fraction", "conflict_cos_min",
+                   "update_cos_min")
 # name -> extra overrides; rgb is measured with both final updates (see training/balancers.py)
 VARIANTS: dict[str, list[str]] = {
     "equal": [], "samples": [], "inverse_loss": [], "uncertainty": [], "gradnorm": [],
@@ -98,10 +101,6 @@ def run_one(variant: str, seed: int, args: argparse.Namespace, data: Path) -> di
               "mean_success": report["mean_success"]}
     write_json({"overrides": overrides, "result": result}, done)
     return result
-
-
-TRAINING_FIELDS = ("train_seconds", "step_ms", "final_loss", "conflict_fraction", "conflict_cos_min",
-                   "update_cos_min")
 
 
 def train_run(overrides: list[str], run_dir: Path, steps: int) -> dict[str, Any]:
