@@ -34,7 +34,7 @@ from bench_json import write_json  # noqa: E402
 
 import sim  # noqa: E402, F401  (sets MUJOCO_GL before anything imports mujoco)
 from sim.collect import collect  # noqa: E402
-from sim.evaluate import evaluate  # noqa: E402
+from sim.evaluate import EVAL_JSON, evaluate  # noqa: E402
 from sim.suites import get_suite  # noqa: E402
 from sim.tasks import ObservationConfig  # noqa: E402
 from training.config import register_configs  # noqa: E402
@@ -128,7 +128,7 @@ def train_run(overrides: list[str], run_dir: Path, steps: int) -> dict[str, Any]
 
 def _episodes_evaluated(run_dir: Path) -> int | None:
     """Episodes per task of the run's last finished evaluation, None if it has none."""
-    report = run_dir / "eval" / "eval.json"
+    report = run_dir / "eval" / EVAL_JSON
     return json.loads(report.read_text())["episodes_per_task"] if report.is_file() else None
 
 
